@@ -1,0 +1,81 @@
+"""Where an access came from: a cheap stack capture, formatted only when reported.
+
+Capturing a full `traceback.StackSummary` per device op is what makes PyTorch's CUDA
+sanitizer cost 10-20x; we keep (code object, line number) pairs, which costs about a
+microsecond, and turn them into text only for the few accesses that end up in a report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+def _internal_prefixes() -> tuple[str, ...]:
+    """Folders whose frames are our machinery or torch's, not the user's code."""
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    prefixes = [ours]
+    torch_mod = sys.modules.get("torch")
+    if torch_mod is not None and getattr(torch_mod, "__file__", None):
+        prefixes.append(os.path.dirname(os.path.abspath(torch_mod.__file__)) + os.sep)
+    return tuple(prefixes)
+
+
+class Site:
+    """A captured call stack: innermost frame first."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: tuple = ()):
+        self.frames = frames  # ((code, lineno), ...)
+
+    @staticmethod
+    def here(skip: int = 0, depth: int = 12) -> "Site":
+        """Capture the caller's stack (skip extra frames above the caller)."""
+        frame = sys._getframe(skip + 1)
+        frames = []
+        while frame is not None and len(frames) < depth:
+            frames.append((frame.f_code, frame.f_lineno))
+            frame = frame.f_back
+        return Site(tuple(frames))
+
+    def lines(self) -> list[str]:
+        """'file:line in func' for every captured frame, innermost first."""
+        return [f"{_short(code.co_filename)}:{line} in {code.co_name}" for code, line in self.frames]
+
+    def user_lines(self) -> list[str]:
+        """The captured frames that are neither ours nor torch's (falls back to all)."""
+        prefixes = _internal_prefixes()
+        user = [
+            f"{_short(code.co_filename)}:{line} in {code.co_name}"
+            for code, line in self.frames
+            if not os.path.abspath(code.co_filename).startswith(prefixes)
+        ]
+        return user or self.lines()
+
+    def location(self) -> str:
+        """The innermost user frame as 'file:line in func', or '<unknown>'."""
+        user = self.user_lines()
+        return user[0] if user else "<unknown>"
+
+    def key(self) -> tuple:
+        """Identity of the innermost user frame, to group repeated reports."""
+        prefixes = _internal_prefixes()
+        for code, line in self.frames:
+            if not os.path.abspath(code.co_filename).startswith(prefixes):
+                return (code.co_filename, line)
+        return tuple((c.co_filename, l) for c, l in self.frames[:1])
+
+    def __repr__(self) -> str:
+        return f"Site({self.location()})"
+
+
+UNKNOWN_SITE = Site(())
+
+
+def _short(filename: str) -> str:
+    """A path relative to the working directory when that is shorter."""
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return rel if not rel.startswith("..") else filename
