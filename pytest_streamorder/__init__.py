@@ -4,3 +4,24 @@ Importing this package imports no torch; the virtual device loads it on first us
 """
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "virtual_device": "pytest_streamorder.sim.device",
+    "VirtualDevice": "pytest_streamorder.sim.device",
+    "Schedule": "pytest_streamorder.sim.device",
+    "StreamRaceError": "pytest_streamorder.sim.device",
+    "POLICIES": "pytest_streamorder.sim.scheduler",
+}
+
+
+def __getattr__(name):
+    """Import the virtual device (and torch) only when it is first used."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_streamorder' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = list(_LAZY)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 
 def _internal_prefixes() -> tuple[str, ...]:
     """Folders whose frames are our machinery or torch's, not the user's code."""
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    prefixes = [ours]
+    # weakref.py: where a finalizer (our "free" event) runs, not where the user was.
+    prefixes = [ours, os.path.abspath(weakref.__file__)]
     torch_mod = sys.modules.get("torch")
     if torch_mod is not None and getattr(torch_mod, "__file__", None):
         prefixes.append(os.path.dirname(os.path.abspath(torch_mod.__file__)) + os.sep)

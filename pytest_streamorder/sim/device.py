@@ -1,0 +1,276 @@
+"""The virtual CUDA device: `with virtual_device(): ...` runs unchanged torch.cuda code on
+a CPU-only machine, with every device op queued on its stream until the scheduler runs it.
+
+It wires three things together: the happens-before model (finds races when work is
+issued, whatever the schedule), the scheduler (decides when queued work runs, so a
+missing edge also shows up as a stale value), and the caching-allocator model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import weakref
+
+import torch
+
+from ..model import HappensBefore, Race, Site
+from . import cuda_module, interception, ops
+from .memory import CachingAllocator
+from .scheduler import POLICIES, Chooser, Item, Scheduler
+from .streams import VirtualEvent, VirtualStream
+from .tensor import DeviceTensor, byte_range
+
+# Cycles per nanosecond assumed for torch.cuda._sleep: an H100's SM clock (1.98 GHz).
+SLEEP_CYCLES_PER_NS = 1.98
+DEFAULT_MAX_OPS = 1_000_000
+
+_active: "VirtualDevice | None" = None
+
+
+class StreamRaceError(AssertionError):
+    """A stream-ordering race; the message is the full report."""
+
+    def __init__(self, race: Race):
+        super().__init__(str(race))
+        self.race = race
+
+
+class DeviceOpLimitExceeded(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Everything needed to run the same schedule again: pass as virtual_device(replay=)."""
+
+    policy: str
+    seed: int | None
+    choices: tuple[int, ...]
+
+
+def active_device(what: str) -> "VirtualDevice":
+    if _active is None:
+        raise RuntimeError(f"{what} needs an active virtual_device() context")
+    return _active
+
+
+class VirtualDevice:
+    """One run of a program on the virtual device. Use via `virtual_device(...)`."""
+
+    def __init__(self, seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
+                 raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS):
+        if replay is not None:
+            if not isinstance(replay, Schedule):
+                raise TypeError(f"replay= takes a Schedule (vd.schedule), got {type(replay).__name__}")
+            policy, seed = replay.policy, replay.seed
+        if policy not in POLICIES:
+            raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {POLICIES}")
+        self.seed = seed
+        self.policy = policy
+        self.raise_on_race = raise_on_race
+        self.max_ops = max_ops
+        self.hb = HappensBefore(on_race=self._on_race)
+        self.chooser = Chooser(seed, list(replay.choices) if replay is not None else None)
+        self.scheduler = Scheduler(policy, self.chooser)
+        self.allocator = CachingAllocator(self)
+        self.ops_issued = 0
+        self.active = False
+        self._handles = itertools.count(0x1000, 0x10)
+        self._stream_names: dict[str, int] = {"default": 1}
+        self._pinned: dict[int, object] = {}  # host storage data_ptr -> model Allocation
+        self.default_stream = VirtualStream(_vd=self, _name="default")
+        self.current_stream = self.default_stream
+        self._patches = None
+        self._modes = None
+
+    # --- results ------------------------------------------------------------------
+
+    @property
+    def races(self) -> list[Race]:
+        return self.hb.races
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.policy, self.seed, tuple(self.chooser.choices))
+
+    @property
+    def host_blocked_s(self) -> float:
+        """Virtual time the host spent waiting in syncs."""
+        return self.scheduler.host_blocked_ns / 1e9
+
+    def _on_race(self, race: Race) -> None:
+        if self.raise_on_race:
+            raise StreamRaceError(race)
+
+    # --- context ------------------------------------------------------------------
+
+    def __enter__(self) -> "VirtualDevice":
+        global _active
+        if _active is not None:
+            raise RuntimeError("virtual_device() is already active: nesting is not supported")
+        if self.active or self._patches is not None:
+            raise RuntimeError("a VirtualDevice runs once; create a new one")
+        _active = self
+        self.active = True
+        try:
+            self._patches = cuda_module.install(self)
+            self._modes = interception.enter(self)
+        except BaseException:
+            self._teardown()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.scheduler.drain_all()  # the program ends: queued work still runs
+                self.hb.sync_device()
+        finally:
+            self._teardown()
+
+    def _teardown(self) -> None:
+        global _active
+        try:
+            if self._modes is not None:
+                interception.exit(self._modes)
+        finally:
+            if self._patches is not None:
+                cuda_module.uninstall(self._patches)
+            self.active = False
+            _active = None
+
+    def check_active(self, what: str) -> None:
+        if not self.active:
+            raise RuntimeError(f"{what}: this virtual device is no longer active")
+
+    # --- streams --------------------------------------------------------------------
+
+    def next_handle(self) -> int:
+        return next(self._handles)
+
+    def unique_stream_name(self, base: str) -> str:
+        n = self._stream_names.get(base, 0)
+        self._stream_names[base] = n + 1
+        return base if n == 0 else f"{base}#{n + 1}"
+
+    def sync_stream(self, stream: VirtualStream) -> None:
+        self.scheduler.drain(stream.queue)
+        self.hb.sync_stream(stream.agent)
+
+    def sync_device(self) -> None:
+        self.scheduler.drain_all()
+        self.hb.sync_device()
+
+    def sleep(self, cycles: int, site: Site) -> None:
+        """torch.cuda._sleep: occupy the current stream for `cycles` of virtual time."""
+        stream = self.current_stream
+        self._count_op("_sleep")
+        self.hb.launch(stream.agent, "cuda._sleep", (), site)
+        self.scheduler.enqueue(stream.queue, Item("_sleep", None, cost_ns=int(cycles / SLEEP_CYCLES_PER_NS)))
+
+    # --- work -----------------------------------------------------------------------
+
+    def _count_op(self, name: str) -> None:
+        self.ops_issued += 1
+        if self.ops_issued > self.max_ops:
+            raise DeviceOpLimitExceeded(
+                f"the program issued more than {self.max_ops} device ops (at {name}); "
+                f"raise max_ops or make the test smaller")
+
+    def launch(self, name: str, accesses, site: Site, run, stream: VirtualStream | None = None) -> None:
+        """Tell the model, then queue `run` (None: nothing to execute) on the stream."""
+        stream = stream or self.current_stream
+        self._count_op(name)
+        self.hb.launch(stream.agent, name, accesses, site)
+        self.scheduler.enqueue(stream.queue, Item(name, run))
+
+    def new_tensor(self, size, stride, offset, dtype, label, site: Site, op: str = "") -> DeviceTensor:
+        """Fresh device memory (from the current stream's pool) laid out as given."""
+        probe = torch.empty_strided(size, stride, dtype=dtype, device="meta")
+        nbytes = byte_range(probe.as_strided(size, stride, offset))[1] if probe.numel() else 0
+        storage = self.allocator.allocate(nbytes, label or _Label(op, dtype, size, site), site)
+        return DeviceTensor(storage, size, stride, offset, dtype)
+
+    # --- pinned host memory ---------------------------------------------------------
+
+    def register_pinned(self, t: torch.Tensor, site: Site) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        alloc = self.hb.allocate(storage.nbytes(), _Label("pinned", t.dtype, tuple(t.shape), site),
+                                 site, space="host")
+        self._pinned[ptr] = alloc
+        weakref.finalize(storage, self._unpin, ptr, alloc)
+        return t
+
+    def _unpin(self, ptr: int, alloc) -> None:
+        if self._pinned.get(ptr) is alloc:
+            del self._pinned[ptr]
+            if self.active:
+                self.hb.free(alloc)
+
+    def pinned_alloc(self, t: torch.Tensor):
+        """The model allocation of a pinned host tensor, or None if it is pageable."""
+        if not self._pinned or isinstance(t, DeviceTensor) or t.device.type != "cpu":
+            return None
+        return self._pinned.get(t.untyped_storage().data_ptr())
+
+    def host_access(self, t: torch.Tensor, is_write: bool, op: str, site: Site) -> None:
+        alloc = self.pinned_alloc(t)
+        if alloc is not None:
+            start, stop = _host_range(t)
+            self.hb.host_access(op, [(alloc, start, stop, is_write)], site)
+
+    def host_read(self, t: torch.Tensor, op: str, site: Site) -> None:
+        self.host_access(t, False, op, site)
+
+
+def _host_range(t: torch.Tensor) -> tuple[int, int]:
+    return byte_range(t)
+
+
+class _Label:
+    """An allocation's name in reports, worked out only when a report prints it."""
+
+    __slots__ = ("op", "dtype", "size", "site", "_text")
+
+    def __init__(self, op, dtype, size, site):
+        self.op, self.dtype, self.size, self.site, self._text = op, dtype, size, site, None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            from .streams import name_from_source
+
+            what = f"{str(self.dtype).replace('torch.', '')}{list(self.size)}"
+            var = name_from_source(_user_site(self.site), "")
+            origin = f"'{var}'" if var else f"output of {self.op}" if self.op else "tensor"
+            self._text = f"{origin} ({what})"
+        return self._text
+
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
+
+
+def _user_site(site: Site) -> Site:
+    """The site trimmed to its innermost user frame."""
+    from ..model.site import _internal_prefixes
+    import os
+
+    prefixes = _internal_prefixes()
+    for i, (code, _line) in enumerate(site.frames):
+        if not os.path.abspath(code.co_filename).startswith(prefixes):
+            return Site(site.frames[i:])
+    return site
+
+
+def virtual_device(seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
+                   raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS) -> VirtualDevice:
+    """Run torch.cuda code on the virtual device inside `with virtual_device(...) as vd:`.
+
+    policy: eager (ops run at launch, like CUDA_LAUNCH_BLOCKING), lazy (only when the
+    host waits), random, pct (random stream priorities with change points), delay (one
+    stream held back as long as legal). Same seed, same schedule; `vd.schedule` replays
+    it exactly. The first race raises StreamRaceError unless raise_on_race=False;
+    `vd.races` lists them all.
+    """
+    return VirtualDevice(seed=seed, policy=policy, replay=replay, raise_on_race=raise_on_race,
+                         max_ops=max_ops)

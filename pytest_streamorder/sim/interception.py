@@ -1,0 +1,440 @@
+"""Where torch calls enter the virtual device.
+
+Two modes are active inside `virtual_device()`:
+- a TorchFunctionMode sees Python-level calls first: factories with device="cuda",
+  .cuda()/.to(), pinned memory, record_stream, tolist/numpy/repr, and the few methods
+  whose C++ installs a CUDA device guard before dispatch (those get a cpu-device twin);
+- a TorchDispatchMode sees every aten op: ops on device tensors are issued to a stream
+  (ops.py), copies between host and device follow CUDA's copy rules, and host ops on
+  pinned tensors are reported to the model as host accesses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..model import Site
+from . import ops
+from .tensor import DeviceTensor, Twin
+
+if TYPE_CHECKING:
+    from .device import VirtualDevice
+
+aten = torch.ops.aten
+T = torch.Tensor
+
+# Methods whose C++ sets a CUDA device guard before any mode sees the op.
+GUARDED = {
+    T.__getitem__, T.__setitem__, T.copy_, T.contiguous, T.nonzero, torch.nonzero,
+    T.__int__, T.__float__, T.__complex__, T.__index__, T.__invert__, T.new_tensor,
+    T.__bool__, T.item,
+}
+
+# Factories that copy host data to the device: a blocking H2D copy.
+UPLOAD_FACTORIES = {torch.tensor, torch.as_tensor, torch.asarray}
+EMPTY_FACTORIES = {torch.empty, torch.empty_like, torch.empty_strided, T.new_empty,
+                   T.new_empty_strided}
+
+
+def _is_cuda(device) -> bool:
+    if device is None:
+        return False
+    if isinstance(device, int):
+        return True
+    dev = device if isinstance(device, torch.device) else torch.device(device)
+    if dev.type == "cuda" and (dev.index or 0) != 0:
+        raise ValueError(f"the virtual device has one GPU (cuda:0); got device {device!r}")
+    return dev.type == "cuda"
+
+
+def _has_device_tensor(args, kwargs) -> bool:
+    for v in args:
+        if isinstance(v, DeviceTensor):
+            return True
+        if isinstance(v, (list, tuple)) and any(isinstance(x, DeviceTensor) for x in v):
+            return True
+    return any(isinstance(v, DeviceTensor) for v in kwargs.values())
+
+
+def _twin(v):
+    if isinstance(v, DeviceTensor):
+        return Twin(v)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_twin(x) for x in v)
+    return v
+
+
+def _untwin(v):
+    if isinstance(v, Twin):
+        return v._dt
+    if isinstance(v, (list, tuple)) and any(isinstance(x, Twin) for x in v):
+        return type(v)(_untwin(x) for x in v)
+    return v
+
+
+class FunctionMode(TorchFunctionMode):
+    def __init__(self, vd: "VirtualDevice"):
+        super().__init__()
+        self.vd = vd
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = FUNCTION_HANDLERS.get(func)
+        if handler is not None:
+            return handler(self.vd, func, args, kwargs)
+        if func in GUARDED:
+            if _has_device_tensor(args, kwargs):
+                return func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()})
+            return func(*args, **kwargs)
+        device = kwargs.get("device")
+        if device is not None and _is_cuda(device):
+            return _factory(self.vd, func, args, kwargs)
+        if kwargs.get("pin_memory"):
+            kw = dict(kwargs, pin_memory=False)
+            return self.vd.register_pinned(func(*args, **kw), Site.here(1))
+        return func(*args, **kwargs)
+
+
+def _factory(vd: "VirtualDevice", func, args, kwargs):
+    """torch.zeros(..., device="cuda") and friends."""
+    site = Site.here(2)
+    if kwargs.get("requires_grad"):
+        raise NotImplementedError("autograd (requires_grad=True) is not modelled by the virtual device")
+    if _has_device_tensor(args, kwargs):
+        return func(*args, **dict(kwargs, device=None))  # *_like of a device tensor
+    kw = dict(kwargs, device="cpu")
+    kw.pop("pin_memory", None)
+    value = func(*args, **kw)  # computed on the host now: random values do not depend on the schedule
+    if func in EMPTY_FACTORIES:
+        return vd.new_tensor(tuple(value.shape), value.stride(), 0, value.dtype, None, site,
+                             getattr(func, "__name__", "empty"))
+    out = vd.new_tensor(tuple(value.shape), value.stride(), 0, value.dtype, None, site,
+                        getattr(func, "__name__", "factory"))
+    name = f"torch.{getattr(func, '__name__', 'factory')}"
+    upload(vd, out, value, site, name, blocking=func in UPLOAD_FACTORIES, snapshot=False)
+    return out
+
+
+def upload(vd: "VirtualDevice", dst: DeviceTensor, src: torch.Tensor, site: Site, name: str,
+           blocking: bool, snapshot: bool = True) -> None:
+    """H2D copy on the current stream. From pinned memory with non_blocking, the copy reads
+    the host buffer when it runs; otherwise the host data is taken now (pageable copies
+    are staged synchronously), and a blocking copy also waits for the stream."""
+    pinned = vd.pinned_alloc(src)
+    dst_ref = ops.Ref(dst)
+    accesses = [ops._access(dst, True)]
+    if pinned is not None and not blocking:
+        start, stop = ops.byte_range(src)
+        accesses.append((pinned, start, stop, False))
+        host_src = src  # read when the copy runs
+    else:
+        vd.host_read(src, name, site)
+        host_src = src.detach().clone() if snapshot else src
+    vd.launch(name, accesses, site, lambda: _copy_into(dst_ref.view(), host_src))
+    if blocking:
+        vd.sync_stream(vd.current_stream)
+
+
+def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    with torch._C._DisableTorchDispatch():
+        aten.copy_.default(dst, src)
+
+
+def download(vd: "VirtualDevice", dst: torch.Tensor, src: DeviceTensor, site: Site, name: str,
+             non_blocking: bool) -> torch.Tensor:
+    """D2H copy on the current stream. Into pinned memory with non_blocking, the host
+    returns at once and the data lands when the copy runs; otherwise the host waits."""
+    pinned = vd.pinned_alloc(dst)
+    src_ref = ops.Ref(src)
+    accesses = [ops._access(src, False)]
+    if pinned is not None:
+        start, stop = ops.byte_range(dst)
+        accesses.append((pinned, start, stop, True))
+    vd.launch(name, accesses, site, lambda: _copy_into(dst, src_ref.view()))
+    if pinned is None or not non_blocking:
+        vd.sync_stream(vd.current_stream)
+    return dst
+
+
+# --- function-level handlers -------------------------------------------------------
+
+def _to(vd, func, args, kwargs):
+    self = args[0]
+    if func is T.cuda:
+        device, dtype = kwargs.get("device", args[1] if len(args) > 1 else None), None
+        non_blocking = kwargs.get("non_blocking", args[2] if len(args) > 2 else False)
+        device = torch.device("cuda", 0) if device is None else device
+        copy = False
+    else:
+        device, dtype, non_blocking, _fmt = torch._C._nn._parse_to(*_int_device(args[1:]), **kwargs)
+        copy = kwargs.get("copy", False)
+    site = Site.here(2)
+    if device is not None and _is_cuda(device) and not isinstance(self, DeviceTensor):
+        value = self if dtype is None or dtype == self.dtype else self.to(dtype)
+        out = vd.new_tensor(tuple(value.shape), _contiguous_strides(value.shape), 0,
+                            value.dtype, None, site, "Tensor.to")
+        upload(vd, out, value, site, "H2D copy (Tensor.to)", blocking=not non_blocking)
+        return out
+    if isinstance(self, DeviceTensor) and (device is None or _is_cuda(device)):
+        if (dtype is None or dtype == self.dtype) and not copy:
+            return self
+        return aten._to_copy.default(self, dtype=dtype or self.dtype)
+    return func(*args, **kwargs)
+
+
+def _int_device(args):
+    if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+        return (torch.device("cuda", args[0]),) + tuple(args[1:])
+    return args
+
+
+def _contiguous_strides(shape):
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _pin_memory(vd, func, args, kwargs):
+    self = args[0]
+    if isinstance(self, DeviceTensor):
+        raise RuntimeError("cannot pin 'torch.cuda' memory: only dense CPU tensors can be pinned")
+    if vd.pinned_alloc(self) is not None:
+        return self
+    with torch._C._DisableTorchDispatch():
+        copy = self.clone()
+    return vd.register_pinned(copy, Site.here(2))
+
+
+def _is_pinned(vd, func, args, kwargs):
+    return vd.pinned_alloc(args[0]) is not None
+
+
+def _record_stream(vd, func, args, kwargs):
+    self, stream = args[0], args[1] if len(args) > 1 else kwargs["stream"]
+    from .streams import VirtualStream
+
+    if not isinstance(self, DeviceTensor):
+        raise RuntimeError("record_stream: only tensors on the (virtual) CUDA device have streams")
+    if not isinstance(stream, VirtualStream):
+        raise TypeError(f"record_stream expects a torch.cuda.Stream of the virtual device, got {stream!r}")
+    vd.hb.record_stream(self._vs.alloc, stream.agent)
+    self._vs.recorded_streams.add(stream)
+
+
+def _tolist(vd, func, args, kwargs):
+    self = args[0]
+    if isinstance(self, DeviceTensor):
+        return self.cpu().tolist()
+    vd.host_read(self, "Tensor.tolist", Site.here(2))
+    return func(*args, **kwargs)
+
+
+def _numpy(vd, func, args, kwargs):
+    self = args[0]
+    if isinstance(self, DeviceTensor):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() "
+                        "to copy the tensor to host memory first.")
+    vd.host_read(self, "Tensor.numpy", Site.here(2))
+    return func(*args, **kwargs)
+
+
+def _repr(vd, func, args, kwargs):
+    self = args[0]
+    if isinstance(self, DeviceTensor):
+        text = repr(self.cpu())
+        return text[:-1] + ", device='cuda:0')"
+    if vd.pinned_alloc(self) is not None:
+        vd.host_read(self, "print", Site.here(2))
+    return func(*args, **kwargs)
+
+
+def _data_ptr(vd, func, args, kwargs):
+    self = args[0]
+    if isinstance(self, DeviceTensor):
+        return self._vs.block.address + self.storage_offset() * self.element_size()
+    return func(*args, **kwargs)
+
+
+def _storage(vd, func, args, kwargs):
+    if isinstance(args[0], DeviceTensor):
+        raise NotImplementedError(
+            f"Tensor.{func.__name__}() of a virtual CUDA tensor is not modelled by the virtual device")
+    return func(*args, **kwargs)
+
+
+def _untyped(name):
+    def fail(vd, func, args, kwargs):
+        if _has_device_tensor(args, kwargs):
+            raise NotImplementedError(f"{name} is not modelled by the virtual device")
+        return func(*args, **kwargs)
+    return fail
+
+
+FUNCTION_HANDLERS = {
+    T.to: _to, T.cuda: _to,
+    T.pin_memory: _pin_memory, T.is_pinned: _is_pinned,
+    T.record_stream: _record_stream,
+    T.tolist: _tolist, T.numpy: _numpy, T.__array__: _numpy,
+    T.__repr__: _repr, T.__str__: _repr, T.__format__: lambda vd, f, a, k: (
+        format(a[0].cpu(), *a[1:]) if isinstance(a[0], DeviceTensor) else f(*a, **k)),
+    T.data_ptr: _data_ptr,
+    T.untyped_storage: _storage, T.storage: _storage,
+    T.backward: _untyped("autograd (Tensor.backward)"),
+}
+
+
+# --- aten-level ----------------------------------------------------------------------
+
+class DispatchMode(TorchDispatchMode):
+    def __init__(self, vd: "VirtualDevice"):
+        super().__init__()
+        self.vd = vd
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if Twin in types:
+            args = tuple(_untwin(a) for a in args)
+            kwargs = {k: _untwin(v) for k, v in kwargs.items()}
+        handler = DISPATCH_HANDLERS.get(func)
+        if handler is not None:
+            return handler(self.vd, func, args, kwargs)
+        if DeviceTensor in types or Twin in types or _has_device_tensor(args, kwargs):
+            return ops.issue(self.vd, func, args, kwargs, Site.here(1))
+        device = kwargs.get("device")
+        if device is not None and _is_cuda(device):
+            raise NotImplementedError(f"{func} with device=cuda reached the virtual device "
+                                      f"without a device tensor; please report this")
+        if kwargs.get("pin_memory"):
+            out = func(*args, **dict(kwargs, pin_memory=False))
+            return self.vd.register_pinned(out, Site.here(1))
+        if self.vd._pinned:
+            _host_accesses(self.vd, func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+def _host_accesses(vd: "VirtualDevice", func, args, kwargs) -> None:
+    """Report host reads and writes of pinned tensors by a CPU op."""
+    schema = ops.schema_of(func)
+    site = None
+    for name, value in ops.bind(schema, args, kwargs):
+        for t in ops.tensors_in(value):
+            if vd.pinned_alloc(t) is not None:
+                site = site or Site.here(2)
+                vd.host_access(t, name in schema.written, f"host {schema.name}", site)
+
+
+def _copy_(vd, func, args, kwargs):
+    dst, src = args[0], args[1]
+    non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
+    site = Site.here(2)
+    dst_dev, src_dev = isinstance(dst, DeviceTensor), isinstance(src, DeviceTensor)
+    if dst_dev and not src_dev:
+        upload(vd, dst, src, site, "H2D copy_", blocking=not non_blocking)
+        return dst
+    if src_dev and not dst_dev:
+        return download(vd, dst, src, site, "D2H copy_", non_blocking)
+    if dst_dev:
+        return ops.issue(vd, func, (dst, src), {}, site)
+    if vd._pinned:
+        _host_accesses(vd, func, args, kwargs)
+    return func(*args, **kwargs)
+
+
+def _to_copy(vd, func, args, kwargs):
+    self = args[0]
+    device = kwargs.get("device")
+    if isinstance(self, DeviceTensor) and device is not None and torch.device(device).type == "cpu":
+        non_blocking = kwargs.get("non_blocking", False)
+        dtype = kwargs.get("dtype") or self.dtype
+        with torch._C._DisableTorchDispatch():
+            dst = torch.empty(tuple(self.shape), dtype=dtype)
+        site = Site.here(2)
+        if non_blocking:  # like PyTorch: a non_blocking D2H copy lands in pinned memory
+            vd.register_pinned(dst, site)
+        return download(vd, dst, self, site, "D2H copy (to cpu)", non_blocking)
+    if isinstance(self, DeviceTensor) or _has_device_tensor(args, kwargs):
+        return ops.issue(vd, func, args, kwargs, Site.here(2))
+    if device is not None and _is_cuda(device):
+        site = Site.here(2)
+        kw = dict(kwargs, device="cpu")
+        kw.pop("non_blocking", None)
+        value = func(self, **kw)
+        out = vd.new_tensor(tuple(value.shape), value.stride(), 0, value.dtype, None, site, "to")
+        upload(vd, out, self if value.dtype == self.dtype else value, site, "H2D copy",
+               blocking=not kwargs.get("non_blocking", False))
+        return out
+    return func(*args, **kwargs)
+
+
+def _pin_dispatch(vd, func, args, kwargs):
+    return _pin_memory(vd, func, args, kwargs)
+
+
+def _is_pinned_dispatch(vd, func, args, kwargs):
+    return vd.pinned_alloc(args[0]) is not None
+
+
+def _record_stream_dispatch(vd, func, args, kwargs):
+    raise NotImplementedError("record_stream reached aten without going through Tensor.record_stream")
+
+
+def _inplace_view(vd, func, args, kwargs):
+    """t_(), unsqueeze_(), ... change a tensor's layout in place: no device work."""
+    self = args[0]
+    if not isinstance(self, DeviceTensor):
+        return func(*args, **kwargs)
+    size, stride, offset, _dtype = ops.output_layouts(func, args, kwargs)[0]
+    with torch.utils._mode_utils.no_dispatch():
+        aten.as_strided_.default(self, size, stride, offset)
+    return self
+
+
+def _resize(vd, func, args, kwargs):
+    self = args[0]
+    if isinstance(self, DeviceTensor):
+        if tuple(args[1]) == tuple(self.shape):
+            return self
+        raise NotImplementedError("resize_ of a virtual CUDA tensor is not modelled by the virtual device")
+    return func(*args, **kwargs)
+
+
+DISPATCH_HANDLERS = {
+    aten.copy_.default: _copy_,
+    aten._to_copy.default: _to_copy,
+    aten._pin_memory.default: _pin_dispatch,
+    aten.is_pinned.default: _is_pinned_dispatch,
+    aten.record_stream.default: _record_stream_dispatch,
+    aten.resize_.default: _resize,
+    aten.set_.source_Storage: _untyped("Tensor.set_"),
+    aten.set_.source_Storage_storage_offset: _untyped("Tensor.set_"),
+    aten.set_.source_Tensor: _untyped("Tensor.set_"),
+}
+for _op in (aten.t_.default, aten.transpose_.default, aten.unsqueeze_.default,
+            aten.squeeze_.default, aten.squeeze_.dim, aten.as_strided_.default,
+            aten.swapdims_.default, aten.swapaxes_.default):
+    DISPATCH_HANDLERS[_op] = _inplace_view
+
+
+def enter(vd: "VirtualDevice"):
+    fmode, dmode = FunctionMode(vd), DispatchMode(vd)
+    dmode.__enter__()
+    try:
+        fmode.__enter__()
+    except BaseException:
+        dmode.__exit__(None, None, None)
+        raise
+    return fmode, dmode
+
+
+def exit(modes) -> None:
+    fmode, dmode = modes
+    try:
+        fmode.__exit__(None, None, None)
+    finally:
+        dmode.__exit__(None, None, None)

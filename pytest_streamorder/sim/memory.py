@@ -1,0 +1,117 @@
+"""Device memory of the virtual device: a model of PyTorch's CUDA caching allocator.
+
+Like the real one, a freed block goes back to the pool of the stream it was allocated
+on and is handed to the next allocation of the same size on that stream *at once*,
+even if another stream's queued work still uses it; `record_stream` holds the block
+back until the work queued on the recorded streams at free time has run. The bytes of
+a block are a CPU buffer that queued ops read and write when they run, so a missing
+`record_stream` corrupts data here exactly as on a GPU. Fresh blocks hold poison, not
+zeros.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..model import Site
+
+if TYPE_CHECKING:
+    from .device import VirtualDevice, VirtualStream
+    from ..model import Allocation
+
+BLOCK_BYTES = 512  # CUDA's allocator rounds sizes up to 512 bytes
+
+
+def round_up(nbytes: int) -> int:
+    return -(-nbytes // BLOCK_BYTES) * BLOCK_BYTES
+
+
+def poison_(buf: torch.Tensor) -> None:
+    """Fill fresh memory with a value no correct program reads: 0xFF bytes (NaN for
+    floating types, -1 for signed integers; real uninitialised memory is arbitrary)."""
+    buf.fill_(0xFF)
+
+
+class Block:
+    """Bytes of device memory, with a fake device address."""
+
+    __slots__ = ("address", "nbytes", "data", "stream", "pending")
+
+    def __init__(self, address: int, nbytes: int, stream: "VirtualStream"):
+        self.address = address
+        self.nbytes = nbytes
+        self.data = torch.empty(nbytes, dtype=torch.uint8)
+        poison_(self.data)
+        self.stream = stream
+        self.pending: list = []  # scheduler items that must run before reuse
+
+
+class VirtualStorage:
+    """One allocation: what device tensors (and their views) share. When the last tensor
+    referring to it is gone, the block is freed, as with a real CUDA tensor's storage."""
+
+    __slots__ = ("block", "alloc", "nbytes", "recorded_streams", "__weakref__")
+
+    def __init__(self, block: Block, alloc: "Allocation", nbytes: int):
+        self.block = block
+        self.alloc = alloc
+        self.nbytes = nbytes
+        self.recorded_streams: set = set()
+
+    def typed(self, dtype: torch.dtype) -> torch.Tensor:
+        """The block's bytes seen as a flat tensor of dtype."""
+        itemsize = dtype.itemsize
+        return self.block.data[: (self.block.nbytes // itemsize) * itemsize].view(dtype)
+
+
+class CachingAllocator:
+    """Per-stream pools of freed blocks, keyed by rounded size."""
+
+    def __init__(self, device: "VirtualDevice"):
+        self.device = device
+        self._pools: dict[tuple[int, int], list[Block]] = {}  # (stream id, size) -> blocks
+        self._next_address = 0x7F00_0000_0000
+        self.blocks_created = 0
+        self.blocks_reused = 0
+
+    def allocate(self, nbytes: int, label, site: Site) -> VirtualStorage:
+        stream = self.device.current_stream
+        if nbytes == 0:  # like CUDA's allocator: no block at all for zero bytes
+            alloc = self.device.hb.allocate(0, label, site, stream=stream.agent)
+            return VirtualStorage(Block(0, 0, stream), alloc, 0)
+        size = round_up(nbytes)
+        block = self._take(stream, size)
+        if block is None:
+            block = Block(self._next_address, size, stream)
+            self._next_address += size
+            self.blocks_created += 1
+        else:
+            self.blocks_reused += 1
+        alloc = self.device.hb.allocate(max(nbytes, 0), label, site, stream=stream.agent,
+                                        space="device", address=block.address)
+        storage = VirtualStorage(block, alloc, nbytes)
+        weakref.finalize(storage, self._free, block, alloc, storage.recorded_streams)
+        return storage
+
+    def _take(self, stream: "VirtualStream", size: int) -> Block | None:
+        pool = self._pools.get((id(stream), size))
+        if not pool:
+            return None
+        for i in range(len(pool) - 1, -1, -1):  # most recently freed first, like CUDA
+            block = pool[i]
+            if all(item.done for item in block.pending):
+                block.pending = []
+                return pool.pop(i)
+        return None
+
+    def _free(self, block: Block, alloc: "Allocation", recorded: set) -> None:
+        device = self.device
+        if not device.active:
+            return  # the device was torn down; its memory goes with it
+        device.hb.free(alloc, Site.here(1))
+        # record_stream: hold the block until the work now queued on those streams ran.
+        block.pending = [s.queue.queue[-1] for s in recorded if s.queue.queue]
+        self._pools.setdefault((id(block.stream), block.nbytes), []).append(block)

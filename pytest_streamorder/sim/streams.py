@@ -1,0 +1,207 @@
+"""torch.cuda.Stream and torch.cuda.Event stand-ins for the virtual device.
+
+Each call does two things: it tells the happens-before model the ordering edge (so
+races are found whatever the schedule), and it queues or waits for work in the
+scheduler (so values really are stale when an edge is missing).
+"""
+
+from __future__ import annotations
+
+import linecache
+import re
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..model import Site
+from .scheduler import EventMark, Item
+
+if TYPE_CHECKING:
+    from .device import VirtualDevice
+
+_ASSIGNED_NAME = re.compile(r"(?:self\.|\b)(\w+)\s*(?::[^=]*)?=(?!=)")
+
+
+def name_from_source(site: Site, fallback: str) -> str:
+    """The variable a stream/event is assigned to on its creation line, e.g.
+    `self.fwd_prepare_d2h_stream = torch.cuda.Stream()` -> 'fwd_prepare_d2h_stream'."""
+    for code, line in site.frames[:1]:
+        text = linecache.getline(code.co_filename, line)
+        m = _ASSIGNED_NAME.search(text)
+        if m and m.group(1) != "_":
+            return m.group(1)
+    return fallback
+
+
+class VirtualStream(torch.Stream):
+    """A CUDA stream of the virtual device (what torch.cuda.Stream() returns inside). It
+    is a real torch.Stream (device cuda:0), so torch's own checks such as
+    Tensor.record_stream accept it."""
+
+    def __new__(cls, device=None, priority: int = 0, *, _vd: "VirtualDevice | None" = None,
+                _name: str | None = None, **kwargs):
+        from .device import active_device
+
+        vd = _vd or active_device("torch.cuda.Stream()")
+        stream_id = 0 if _name == "default" else vd.next_handle()
+        self = super().__new__(cls, stream_id=stream_id, device_index=0, device_type=1)
+        self._vd = vd
+        return self
+
+    def __init__(self, device=None, priority: int = 0, *, _vd: "VirtualDevice | None" = None,
+                 _name: str | None = None, **kwargs):
+        vd = self._vd
+        _check_device_arg(device)
+        if kwargs:
+            raise NotImplementedError(
+                f"torch.cuda.Stream({', '.join(kwargs)}=...) is not modelled by the virtual device")
+        self.priority = priority
+        site = Site.here(1)
+        name = _name or vd.unique_stream_name(name_from_source(site, "stream"))
+        self.agent = vd.hb.new_stream(name)
+        self.queue = vd.scheduler.new_stream(name)
+        self.cuda_stream = self.stream_id
+
+    @property
+    def name(self) -> str:
+        return self.agent.name
+
+    # ordering
+    def wait_event(self, event: "VirtualEvent") -> None:
+        self._vd.check_active("Stream.wait_event")
+        if not isinstance(event, VirtualEvent):
+            raise TypeError(f"Stream.wait_event expects a torch.cuda.Event, got {type(event).__name__}")
+        event._wait_on(self, Site.here(1))
+
+    def wait_stream(self, stream: "VirtualStream") -> None:
+        self._vd.check_active("Stream.wait_stream")
+        if not isinstance(stream, VirtualStream):
+            raise TypeError(f"Stream.wait_stream expects a torch.cuda.Stream, got {type(stream).__name__}")
+        if stream is self:
+            return
+        fresh = VirtualEvent(_name=f"wait_stream({stream.name})", _vd=self._vd)
+        site = Site.here(1)
+        fresh._record_on(stream, site)
+        fresh._wait_on(self, site)
+
+    def record_event(self, event: "VirtualEvent | None" = None) -> "VirtualEvent":
+        if event is None:
+            event = VirtualEvent(_vd=self._vd, _name=f"{self.name}.record_event")
+        event._record_on(self, Site.here(1))
+        return event
+
+    # host side
+    def query(self) -> bool:
+        self._vd.check_active("Stream.query")
+        done = self._vd.scheduler.poll_stream(self.queue)
+        if done:
+            self._vd.hb.sync_stream(self.agent)
+        return done
+
+    def synchronize(self) -> None:
+        self._vd.check_active("Stream.synchronize")
+        self._vd.sync_stream(self)
+
+    # identity, as torch.cuda.Stream compares
+    def __eq__(self, other) -> bool:
+        return isinstance(other, VirtualStream) and other.stream_id == self.stream_id
+
+    def __hash__(self) -> int:
+        return hash(("virtual-cuda-stream", self.stream_id))
+
+    def __enter__(self):
+        self._prev = self._vd.current_stream
+        self._vd.current_stream = self
+        return self
+
+    def __exit__(self, *exc):
+        self._vd.current_stream = self._prev
+
+    def __repr__(self) -> str:
+        return f"<torch.cuda.Stream '{self.name}' device=cuda:0 cuda_stream={self.cuda_stream:#x} (virtual)>"
+
+
+class VirtualEvent:
+    """A CUDA event of the virtual device."""
+
+    def __init__(self, enable_timing: bool = False, blocking: bool = False,
+                 interprocess: bool = False, *, _vd: "VirtualDevice | None" = None,
+                 _name: str | None = None):
+        from .device import active_device
+
+        vd = _vd or active_device("torch.cuda.Event()")
+        if interprocess:
+            raise NotImplementedError("torch.cuda.Event(interprocess=True) is not modelled by the virtual device")
+        self._vd = vd
+        self.enable_timing = enable_timing
+        self.blocking = blocking
+        self.name = _name or name_from_source(Site.here(1), "event")
+        self.model_event = vd.hb.new_event(self.name)
+        self._mark: EventMark | None = None  # the latest record; None: never recorded
+
+    def _record_on(self, stream: VirtualStream, site: Site) -> None:
+        vd = self._vd
+        vd.check_active("Event.record")
+        vd.hb.record(self.model_event, stream.agent, site)
+        mark = EventMark(stream.queue)
+        self._mark = mark
+        vd.scheduler.enqueue(stream.queue, Item(f"record {self.name}", None, done_mark=mark, cost_ns=0))
+
+    def _wait_on(self, stream: VirtualStream, site: Site) -> None:
+        vd = self._vd
+        vd.hb.wait(stream.agent, self.model_event, site)
+        if self._mark is not None:  # waiting on a never-recorded event is a no-op
+            vd.scheduler.enqueue(stream.queue, Item(f"wait {self.name}", None, blocked_on=self._mark, cost_ns=0))
+
+    def record(self, stream: VirtualStream | None = None) -> None:
+        self._record_on(_stream_or_current(self._vd, stream), Site.here(1))
+
+    def wait(self, stream: VirtualStream | None = None) -> None:
+        self._vd.check_active("Event.wait")
+        self._wait_on(_stream_or_current(self._vd, stream), Site.here(1))
+
+    def query(self) -> bool:
+        self._vd.check_active("Event.query")
+        if self._mark is None:
+            return True
+        done = self._vd.scheduler.poll(self._mark)
+        if done:
+            self._vd.hb.sync_event(self.model_event)
+        return done
+
+    def synchronize(self) -> None:
+        vd = self._vd
+        vd.check_active("Event.synchronize")
+        if self._mark is None:
+            return
+        vd.scheduler.wait_mark(self._mark)
+        vd.hb.sync_event(self.model_event)
+
+    def elapsed_time(self, end_event: "VirtualEvent") -> float:
+        """Milliseconds of virtual time between two completed records."""
+        if not (self.enable_timing and end_event.enable_timing):
+            raise RuntimeError("Both events must be created with argument 'enable_timing=True'.")
+        for ev in (self, end_event):
+            if ev._mark is None or not ev._mark.done:
+                raise RuntimeError(
+                    f"elapsed_time: event '{ev.name}' has not completed; synchronize it first")
+        return (end_event._mark.time_ns - self._mark.time_ns) / 1e6
+
+    def __repr__(self) -> str:
+        return f"<torch.cuda.Event '{self.name}' (virtual)>"
+
+
+def _stream_or_current(vd: "VirtualDevice", stream) -> VirtualStream:
+    if stream is None:
+        return vd.current_stream
+    if not isinstance(stream, VirtualStream):
+        raise TypeError(f"expected a torch.cuda.Stream of the virtual device, got {stream!r}")
+    return stream
+
+
+def _check_device_arg(device) -> None:
+    if device is None:
+        return
+    dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if dev.type != "cuda" or (dev.index or 0) != 0:
+        raise ValueError(f"the virtual device has one GPU, cuda:0; got device={device!r}")

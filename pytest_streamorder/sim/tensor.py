@@ -1,0 +1,82 @@
+"""Device tensors of the virtual device.
+
+A `DeviceTensor` reports device cuda:0 to torch and to the user, but owns no memory of
+its own: it is a view (size, stride, offset, dtype) of a `VirtualStorage`, whose block
+is a CPU buffer that queued ops fill when the scheduler runs them. Views share the
+storage object, so the block is freed when the last view is gone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .memory import VirtualStorage
+
+CUDA0 = torch.device("cuda", 0)
+
+
+class DeviceTensor(torch.Tensor):
+    _vs: VirtualStorage
+
+    @staticmethod
+    def __new__(cls, storage: VirtualStorage, size, stride, offset: int, dtype: torch.dtype):
+        t = torch.Tensor._make_wrapper_subclass(
+            cls, size, strides=stride, storage_offset=offset, dtype=dtype, device=CUDA0,
+            storage_size=storage.block.nbytes, requires_grad=False)
+        t._vs = storage
+        return t
+
+    # Our function mode handles everything; torch's subclass protocol must not.
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise RuntimeError(
+            f"a virtual CUDA tensor was used outside `virtual_device()` (in {func}); "
+            f"copy results to the host with .cpu() before leaving the context")
+
+    def cpu_view(self) -> torch.Tensor:
+        """The tensor's bytes, now, as a CPU tensor (no ordering, no sync)."""
+        return view_of(self._vs.block.data, self.dtype, tuple(self.shape), self.stride(),
+                       self.storage_offset())
+
+
+class Twin(torch.Tensor):
+    """A stand-in with C++ device cpu, handed to the few torch methods that install a
+    CUDA device guard in C++ (indexing, copy_, int(), ...) before any mode sees the op;
+    the dispatch mode maps it back to its DeviceTensor."""
+
+    _dt: DeviceTensor
+
+    @staticmethod
+    def __new__(cls, dt: DeviceTensor):
+        t = torch.Tensor._make_wrapper_subclass(
+            cls, dt.shape, strides=dt.stride(), storage_offset=dt.storage_offset(),
+            dtype=dt.dtype, device=torch.device("cpu"), storage_size=dt._vs.block.nbytes,
+            requires_grad=False)
+        t._dt = dt
+        return t
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise RuntimeError(f"internal: a twin tensor escaped the virtual device (in {func})")
+
+
+def view_of(data: torch.Tensor, dtype: torch.dtype, size, stride, offset: int) -> torch.Tensor:
+    """A strided view of a block's bytes as dtype, without any dispatch mode seeing it."""
+    flat = data.view(dtype) if data.numel() % dtype.itemsize == 0 else \
+        data[: data.numel() // dtype.itemsize * dtype.itemsize].view(dtype)
+    return torch.ops.aten.as_strided.default(flat, size, stride, offset)
+
+
+def byte_range(t: torch.Tensor) -> tuple[int, int]:
+    """[start, stop) bytes of its storage that a strided tensor can touch; (0, 0) if empty."""
+    if t.numel() == 0:
+        return 0, 0
+    itemsize = t.dtype.itemsize
+    first = t.storage_offset()
+    last = first + sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s > 0)
+    first += sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s < 0)
+    return first * itemsize, (last + 1) * itemsize
