@@ -31,12 +31,15 @@ class Site:
         self.frames = frames  # ((code, lineno), ...)
 
     @staticmethod
-    def here(skip: int = 0, depth: int = 12) -> "Site":
+    def here(skip: int = 0, depth: int = 10) -> "Site":
         """Capture the caller's stack (skip extra frames above the caller)."""
         frame = sys._getframe(skip + 1)
         frames = []
-        while frame is not None and len(frames) < depth:
-            frames.append((frame.f_code, frame.f_lineno))
+        append = frames.append
+        for _ in range(depth):
+            if frame is None:
+                break
+            append((frame.f_code, frame.f_lineno))
             frame = frame.f_back
         return Site(tuple(frames))
 

@@ -19,7 +19,7 @@ from . import cuda_module, interception, ops
 from .memory import CachingAllocator
 from .scheduler import POLICIES, Chooser, Item, Scheduler
 from .streams import VirtualEvent, VirtualStream
-from .tensor import DeviceTensor, byte_range
+from .tensor import DeviceTensor, byte_range, extent
 
 # Cycles per nanosecond assumed for torch.cuda._sleep: an H100's SM clock (1.98 GHz).
 SLEEP_CYCLES_PER_NS = 1.98
@@ -51,7 +51,9 @@ class Schedule:
 
 def active_device(what: str) -> "VirtualDevice":
     if _active is None:
-        raise RuntimeError(f"{what} needs an active virtual_device() context")
+        raise RuntimeError(
+            f"{what} needs an active virtual_device() context (virtual CUDA tensors and "
+            f"streams cannot be used after it ends: copy results to the host with .cpu())")
     return _active
 
 
@@ -187,8 +189,7 @@ class VirtualDevice:
 
     def new_tensor(self, size, stride, offset, dtype, label, site: Site, op: str = "") -> DeviceTensor:
         """Fresh device memory (from the current stream's pool) laid out as given."""
-        probe = torch.empty_strided(size, stride, dtype=dtype, device="meta")
-        nbytes = byte_range(probe.as_strided(size, stride, offset))[1] if probe.numel() else 0
+        nbytes = extent(size, stride, offset, dtype.itemsize)[1]
         storage = self.allocator.allocate(nbytes, label or _Label(op, dtype, size, site), site)
         return DeviceTensor(storage, size, stride, offset, dtype)
 

@@ -1,12 +1,13 @@
 """Where torch calls enter the virtual device.
 
-Two modes are active inside `virtual_device()`:
-- a TorchFunctionMode sees Python-level calls first: factories with device="cuda",
-  .cuda()/.to(), pinned memory, record_stream, tolist/numpy/repr, and the few methods
-  whose C++ installs a CUDA device guard before dispatch (those get a cpu-device twin);
-- a TorchDispatchMode sees every aten op: ops on device tensors are issued to a stream
-  (ops.py), copies between host and device follow CUDA's copy rules, and host ops on
-  pinned tensors are reported to the model as host accesses.
+- A TorchFunctionMode, active inside `virtual_device()`, sees Python-level calls
+  first: factories with device="cuda", .cuda()/.to(), pinned memory, record_stream,
+  tolist/numpy/repr, host accesses to pinned tensors, and the few methods whose C++
+  installs a CUDA device guard before dispatch (those get a cpu-device twin).
+- Every aten op with a device tensor argument then reaches `dispatch` through the
+  device tensor's __torch_dispatch__: it is issued to a stream (ops.py), and copies
+  between host and device follow CUDA's copy rules. Host-only ops never enter Python
+  dispatch, which keeps the host side of a program nearly as fast as plain torch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..model import Site
 from . import ops
@@ -86,16 +86,16 @@ class FunctionMode(TorchFunctionMode):
         handler = FUNCTION_HANDLERS.get(func)
         if handler is not None:
             return handler(self.vd, func, args, kwargs)
-        if func in GUARDED:
-            if _has_device_tensor(args, kwargs):
-                return func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()})
-            return func(*args, **kwargs)
+        if func in GUARDED and _has_device_tensor(args, kwargs):
+            return func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()})
         device = kwargs.get("device")
         if device is not None and _is_cuda(device):
             return _factory(self.vd, func, args, kwargs)
         if kwargs.get("pin_memory"):
             kw = dict(kwargs, pin_memory=False)
             return self.vd.register_pinned(func(*args, **kw), Site.here(1))
+        if self.vd._pinned:
+            _host_accesses(self.vd, func, args, kwargs)
         return func(*args, **kwargs)
 
 
@@ -140,7 +140,7 @@ def upload(vd: "VirtualDevice", dst: DeviceTensor, src: torch.Tensor, site: Site
 
 
 def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    with torch._C._DisableTorchDispatch():
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
         aten.copy_.default(dst, src)
 
 
@@ -291,42 +291,45 @@ FUNCTION_HANDLERS = {
 
 # --- aten-level ----------------------------------------------------------------------
 
-class DispatchMode(TorchDispatchMode):
-    def __init__(self, vd: "VirtualDevice"):
-        super().__init__()
-        self.vd = vd
+def dispatch(func, types, args, kwargs):
+    """An aten op with a device tensor (or twin) argument."""
+    from .device import active_device
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if Twin in types:
-            args = tuple(_untwin(a) for a in args)
-            kwargs = {k: _untwin(v) for k, v in kwargs.items()}
-        handler = DISPATCH_HANDLERS.get(func)
-        if handler is not None:
-            return handler(self.vd, func, args, kwargs)
-        if DeviceTensor in types or Twin in types or _has_device_tensor(args, kwargs):
-            return ops.issue(self.vd, func, args, kwargs, Site.here(1))
-        device = kwargs.get("device")
-        if device is not None and _is_cuda(device):
-            raise NotImplementedError(f"{func} with device=cuda reached the virtual device "
-                                      f"without a device tensor; please report this")
-        if kwargs.get("pin_memory"):
-            out = func(*args, **dict(kwargs, pin_memory=False))
-            return self.vd.register_pinned(out, Site.here(1))
-        if self.vd._pinned:
-            _host_accesses(self.vd, func, args, kwargs)
-        return func(*args, **kwargs)
+    vd = active_device(f"{func} on a virtual CUDA tensor")
+    kwargs = kwargs or {}
+    if Twin in types:
+        args = tuple(_untwin(a) for a in args)
+        kwargs = {k: _untwin(v) for k, v in kwargs.items()}
+    handler = DISPATCH_HANDLERS.get(func)
+    if handler is not None:
+        return handler(vd, func, args, kwargs)
+    return ops.issue(vd, func, args, kwargs, Site.here(2))
 
 
 def _host_accesses(vd: "VirtualDevice", func, args, kwargs) -> None:
-    """Report host reads and writes of pinned tensors by a CPU op."""
-    schema = ops.schema_of(func)
-    site = None
-    for name, value in ops.bind(schema, args, kwargs):
-        for t in ops.tensors_in(value):
-            if vd.pinned_alloc(t) is not None:
-                site = site or Site.here(2)
-                vd.host_access(t, name in schema.written, f"host {schema.name}", site)
+    """Report host reads and writes of pinned tensors by a host-side torch call. The
+    call writes its first argument when it is in-place (name ends in '_') or
+    __setitem__, and writes `out=`; it reads every other tensor argument."""
+    found = None
+    for i, v in enumerate(args):
+        if isinstance(v, torch.Tensor) and not isinstance(v, DeviceTensor) \
+                and vd.pinned_alloc(v) is not None:
+            found = found or []
+            found.append((v, i == 0 and _writes_self(func)))
+    out = kwargs.get("out")
+    if isinstance(out, torch.Tensor) and vd.pinned_alloc(out) is not None:
+        found = found or []
+        found.append((out, True))
+    if found:
+        site = Site.here(2)
+        name = f"host {getattr(func, '__name__', func)}"
+        for t, is_write in found:
+            vd.host_access(t, is_write, name, site)
+
+
+def _writes_self(func) -> bool:
+    name = getattr(func, "__name__", "")
+    return name == "__setitem__" or (name.endswith("_") and not name.endswith("__"))
 
 
 def _copy_(vd, func, args, kwargs):
@@ -341,8 +344,6 @@ def _copy_(vd, func, args, kwargs):
         return download(vd, dst, src, site, "D2H copy_", non_blocking)
     if dst_dev:
         return ops.issue(vd, func, (dst, src), {}, site)
-    if vd._pinned:
-        _host_accesses(vd, func, args, kwargs)
     return func(*args, **kwargs)
 
 
@@ -372,14 +373,6 @@ def _to_copy(vd, func, args, kwargs):
     return func(*args, **kwargs)
 
 
-def _pin_dispatch(vd, func, args, kwargs):
-    return _pin_memory(vd, func, args, kwargs)
-
-
-def _is_pinned_dispatch(vd, func, args, kwargs):
-    return vd.pinned_alloc(args[0]) is not None
-
-
 def _record_stream_dispatch(vd, func, args, kwargs):
     raise NotImplementedError("record_stream reached aten without going through Tensor.record_stream")
 
@@ -407,8 +400,7 @@ def _resize(vd, func, args, kwargs):
 DISPATCH_HANDLERS = {
     aten.copy_.default: _copy_,
     aten._to_copy.default: _to_copy,
-    aten._pin_memory.default: _pin_dispatch,
-    aten.is_pinned.default: _is_pinned_dispatch,
+    aten.is_pinned.default: lambda vd, func, args, kwargs: False,
     aten.record_stream.default: _record_stream_dispatch,
     aten.resize_.default: _resize,
     aten.set_.source_Storage: _untyped("Tensor.set_"),
@@ -421,20 +413,11 @@ for _op in (aten.t_.default, aten.transpose_.default, aten.unsqueeze_.default,
     DISPATCH_HANDLERS[_op] = _inplace_view
 
 
-def enter(vd: "VirtualDevice"):
-    fmode, dmode = FunctionMode(vd), DispatchMode(vd)
-    dmode.__enter__()
-    try:
-        fmode.__enter__()
-    except BaseException:
-        dmode.__exit__(None, None, None)
-        raise
-    return fmode, dmode
+def enter(vd: "VirtualDevice") -> FunctionMode:
+    mode = FunctionMode(vd)
+    mode.__enter__()
+    return mode
 
 
-def exit(modes) -> None:
-    fmode, dmode = modes
-    try:
-        fmode.__exit__(None, None, None)
-    finally:
-        dmode.__exit__(None, None, None)
+def exit(mode: FunctionMode) -> None:
+    mode.__exit__(None, None, None)

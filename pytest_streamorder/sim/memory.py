@@ -11,7 +11,6 @@ zeros.
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,7 +37,7 @@ def poison_(buf: torch.Tensor) -> None:
 class Block:
     """Bytes of device memory, with a fake device address."""
 
-    __slots__ = ("address", "nbytes", "data", "stream", "pending")
+    __slots__ = ("address", "nbytes", "data", "stream", "pending", "typed")
 
     def __init__(self, address: int, nbytes: int, stream: "VirtualStream"):
         self.address = address
@@ -47,19 +46,26 @@ class Block:
         poison_(self.data)
         self.stream = stream
         self.pending: list = []  # scheduler items that must run before reuse
+        self.typed: dict = {}  # dtype -> the bytes seen as a flat tensor of that dtype
 
 
 class VirtualStorage:
     """One allocation: what device tensors (and their views) share. When the last tensor
     referring to it is gone, the block is freed, as with a real CUDA tensor's storage."""
 
-    __slots__ = ("block", "alloc", "nbytes", "recorded_streams", "__weakref__")
+    __slots__ = ("block", "alloc", "nbytes", "recorded_streams", "allocator")
 
-    def __init__(self, block: Block, alloc: "Allocation", nbytes: int):
+    def __init__(self, block: Block, alloc: "Allocation", nbytes: int,
+                 allocator: "CachingAllocator | None" = None):
         self.block = block
         self.alloc = alloc
         self.nbytes = nbytes
         self.recorded_streams: set = set()
+        self.allocator = allocator  # None: nothing to give back (zero bytes)
+
+    def __del__(self):
+        if self.allocator is not None:
+            self.allocator.free(self.block, self.alloc, self.recorded_streams)
 
     def typed(self, dtype: torch.dtype) -> torch.Tensor:
         """The block's bytes seen as a flat tensor of dtype."""
@@ -92,9 +98,7 @@ class CachingAllocator:
             self.blocks_reused += 1
         alloc = self.device.hb.allocate(max(nbytes, 0), label, site, stream=stream.agent,
                                         space="device", address=block.address)
-        storage = VirtualStorage(block, alloc, nbytes)
-        weakref.finalize(storage, self._free, block, alloc, storage.recorded_streams)
-        return storage
+        return VirtualStorage(block, alloc, nbytes, self)
 
     def _take(self, stream: "VirtualStream", size: int) -> Block | None:
         pool = self._pools.get((id(stream), size))
@@ -107,11 +111,12 @@ class CachingAllocator:
                 return pool.pop(i)
         return None
 
-    def _free(self, block: Block, alloc: "Allocation", recorded: set) -> None:
+    def free(self, block: Block, alloc: "Allocation", recorded: set) -> None:
+        """The last tensor using the storage is gone (called from its __del__)."""
         device = self.device
         if not device.active:
             return  # the device was torn down; its memory goes with it
-        device.hb.free(alloc, Site.here(1))
+        device.hb.free(alloc, Site.here(2))
         # record_stream: hold the block until the work now queued on those streams ran.
         block.pending = [s.queue.queue[-1] for s in recorded if s.queue.queue]
         self._pools.setdefault((id(block.stream), block.nbytes), []).append(block)

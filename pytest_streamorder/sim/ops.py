@@ -43,7 +43,7 @@ class OpSchema:
     which argument, and whether it is a pure view (no device work at all)."""
 
     __slots__ = ("name", "args", "written", "returns_alias", "returns_tensors", "is_view",
-                 "seeded")
+                 "seeded", "returns_list", "n_returns")
 
     def __init__(self, func):
         schema = func._schema
@@ -69,6 +69,9 @@ class OpSchema:
         self.is_view = (bool(schema.returns) and not self.written
                         and all(a is not None for a in self.returns_alias))
         self.seeded = torch.Tag.nondeterministic_seeded in func.tags
+        self.n_returns = len(schema.returns)
+        self.returns_list = self.n_returns == 1 and \
+            str(schema.returns[0].type) in ("List[Tensor]", "Tensor[]")
 
 
 _SCHEMAS: dict = {}
@@ -169,17 +172,15 @@ class Ref:
     """A device tensor's layout and block, captured at issue time. Queued work holds
     these, never the storage, so dropping the last tensor frees the block as on CUDA."""
 
-    __slots__ = ("data", "dtype", "size", "stride", "offset")
+    __slots__ = ("block", "dtype", "size", "stride", "offset")
 
     def __init__(self, t: DeviceTensor):
-        self.data = t._vs.block.data
+        self.block = t._vs.block
         self.dtype = t.dtype
-        self.size = tuple(t.shape)
-        self.stride = t.stride()
-        self.offset = t.storage_offset()
+        self.size, self.stride, self.offset = t._layout
 
     def view(self) -> torch.Tensor:
-        return view_of(self.data, self.dtype, self.size, self.stride, self.offset)
+        return view_of(self.block, self.dtype, self.size, self.stride, self.offset)
 
 
 def capture(value):
@@ -203,9 +204,9 @@ def materialize(value):
 
 def run_captured(func, cargs, ckwargs, outs: list, seed: int | None):
     """Run an op on CPU views of the blocks; write non-aliasing results into `outs`."""
-    with torch._C._DisableTorchDispatch():
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
         args = materialize(cargs)
-        kwargs = {k: materialize(v) for k, v in ckwargs.items()}
+        kwargs = {k: materialize(v) for k, v in ckwargs.items()} if ckwargs else {}
         if "device" in kwargs:
             kwargs["device"] = torch.device("cpu")
         if seed is not None:
@@ -231,7 +232,7 @@ def issue(vd: "VirtualDevice", func, args, kwargs, site: Site):
     host_inputs = []
     for name, value in bound:
         for t in tensors_in(value):
-            if not isinstance(t, DeviceTensor) and t.dim() > 0:
+            if type(t) is not DeviceTensor and t.dim() > 0:
                 if name != "indices":
                     raise RuntimeError(
                         f"Expected all tensors to be on the same device, but found at least "
@@ -250,7 +251,7 @@ def issue(vd: "VirtualDevice", func, args, kwargs, site: Site):
         return issue_sync(vd, func, args, kwargs, site)
 
     by_name = dict(bound)
-    aliases = schema.returns_alias * len(layouts) if _returns_list(func) else schema.returns_alias
+    aliases = schema.returns_alias * len(layouts) if schema.returns_list else schema.returns_alias
     outputs, out_refs, accesses = [], [], []
     for (size, stride, offset, dtype), alias in zip(layouts, aliases):
         if alias is not None:
@@ -266,30 +267,30 @@ def issue(vd: "VirtualDevice", func, args, kwargs, site: Site):
             accesses.append(_access(out, True))
 
     if not schema.is_view:
+        written = schema.written
         for name, value in bound:
-            for t in tensors_in(value):
-                if isinstance(t, DeviceTensor):
-                    accesses.append(_access(t, name in schema.written))
+            if isinstance(value, DeviceTensor):
+                accesses.append(_access(value, name in written))
+            elif isinstance(value, (list, tuple)):
+                for t in value:
+                    if isinstance(t, DeviceTensor):
+                        accesses.append(_access(t, name in written))
         for t in host_inputs:
             vd.host_read(t, f"upload of {schema.name} argument", site)
         seed = int(torch.randint(0, 2**62, ())) if schema.seeded else None
-        cargs, ckwargs = capture(args), {k: capture(v) for k, v in kwargs.items()}
+        cargs = capture(args)
+        ckwargs = {k: capture(v) for k, v in kwargs.items()} if kwargs else kwargs
         vd.launch(schema.name, accesses, site,
                   lambda: run_captured(func, cargs, ckwargs, out_refs, seed))
-    if _returns_list(func):
+    if schema.returns_list:
         return outputs
-    if len(func._schema.returns) == 1:
+    if schema.n_returns == 1:
         return outputs[0]
     return tuple(outputs) if outputs else None
 
 
-def _returns_list(func) -> bool:
-    rets = func._schema.returns
-    return len(rets) == 1 and str(rets[0].type) in ("List[Tensor]", "Tensor[]")
-
-
 def _access(t: DeviceTensor, is_write: bool):
-    start, stop = byte_range(t)
+    start, stop = t._range
     return (t._vs.alloc, start, stop, is_write)
 
 
@@ -304,7 +305,7 @@ def issue_sync(vd: "VirtualDevice", func, args, kwargs, site: Site):
                 accesses.append(_access(t, name in schema.written))
     vd.launch(schema.name, accesses, site, None)
     vd.sync_stream(stream)
-    with torch._C._DisableTorchDispatch():
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
         cargs, ckwargs = materialize(capture(args)), {k: materialize(capture(v)) for k, v in kwargs.items()}
         result = func(*cargs, **ckwargs)
     if not isinstance(result, (torch.Tensor, list, tuple)):
@@ -318,7 +319,7 @@ def issue_sync(vd: "VirtualDevice", func, args, kwargs, site: Site):
         # The op has already run and the host waited for it: its output is written now,
         # ordered before anything the host issues next.
         out = vd.new_tensor(tuple(r.shape), r.stride(), 0, r.dtype, None, site, schema.name)
-        with torch._C._DisableTorchDispatch():
+        with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
             aten.copy_.default(out.cpu_view(), r)
         outs.append(out)
     if isinstance(result, torch.Tensor):

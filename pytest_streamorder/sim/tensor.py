@@ -17,6 +17,8 @@ CUDA0 = torch.device("cuda", 0)
 
 class DeviceTensor(torch.Tensor):
     _vs: VirtualStorage
+    _layout: tuple  # (size, stride, offset): what queued work needs, without torch calls
+    _range: tuple  # (start, stop) bytes of the storage it can touch
 
     @staticmethod
     def __new__(cls, storage: VirtualStorage, size, stride, offset: int, dtype: torch.dtype):
@@ -24,6 +26,8 @@ class DeviceTensor(torch.Tensor):
             cls, size, strides=stride, storage_offset=offset, dtype=dtype, device=CUDA0,
             storage_size=storage.block.nbytes, requires_grad=False)
         t._vs = storage
+        t._layout = (tuple(size), tuple(stride), offset)
+        t._range = extent(size, stride, offset, dtype.itemsize)
         return t
 
     # Our function mode handles everything; torch's subclass protocol must not.
@@ -31,13 +35,13 @@ class DeviceTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        raise RuntimeError(
-            f"a virtual CUDA tensor was used outside `virtual_device()` (in {func}); "
-            f"copy results to the host with .cpu() before leaving the context")
+        from .interception import dispatch
+
+        return dispatch(func, types, args, kwargs)
 
     def cpu_view(self) -> torch.Tensor:
         """The tensor's bytes, now, as a CPU tensor (no ordering, no sync)."""
-        return view_of(self._vs.block.data, self.dtype, tuple(self.shape), self.stride(),
+        return view_of(self._vs.block, self.dtype, tuple(self.shape), self.stride(),
                        self.storage_offset())
 
 
@@ -61,22 +65,35 @@ class Twin(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        raise RuntimeError(f"internal: a twin tensor escaped the virtual device (in {func})")
+        from .interception import dispatch
+
+        return dispatch(func, types, args, kwargs)
 
 
-def view_of(data: torch.Tensor, dtype: torch.dtype, size, stride, offset: int) -> torch.Tensor:
+def view_of(block, dtype: torch.dtype, size, stride, offset: int) -> torch.Tensor:
     """A strided view of a block's bytes as dtype, without any dispatch mode seeing it."""
-    flat = data.view(dtype) if data.numel() % dtype.itemsize == 0 else \
-        data[: data.numel() // dtype.itemsize * dtype.itemsize].view(dtype)
+    flat = block.typed.get(dtype)
+    if flat is None:
+        data = block.data
+        usable = data.numel() // dtype.itemsize * dtype.itemsize
+        flat = block.typed[dtype] = data[:usable].view(dtype)
     return torch.ops.aten.as_strided.default(flat, size, stride, offset)
 
 
-def byte_range(t: torch.Tensor) -> tuple[int, int]:
-    """[start, stop) bytes of its storage that a strided tensor can touch; (0, 0) if empty."""
-    if t.numel() == 0:
-        return 0, 0
-    itemsize = t.dtype.itemsize
-    first = t.storage_offset()
-    last = first + sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s > 0)
-    first += sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s < 0)
+def extent(size, stride, offset: int, itemsize: int) -> tuple[int, int]:
+    """[start, stop) bytes of its storage that a strided layout can touch; (0, 0) if empty."""
+    first = last = offset
+    for n, st in zip(size, stride):
+        if n == 0:
+            return 0, 0
+        if st > 0:
+            last += (n - 1) * st
+        else:
+            first += (n - 1) * st
     return first * itemsize, (last + 1) * itemsize
+
+
+def byte_range(t: torch.Tensor) -> tuple[int, int]:
+    if isinstance(t, DeviceTensor):
+        return t._range
+    return extent(t.shape, t.stride(), t.storage_offset(), t.dtype.itemsize)
