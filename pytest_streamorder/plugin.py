@@ -1,13 +1,172 @@
-"""The pytest plugin. Loading it must stay cheap: no torch import unless --streamorder."""
+"""The pytest plugin: `pytest --streamorder` runs each test on the virtual CUDA device
+under several adversarial schedules, and fails it on a race report or a stale value.
+
+Loading it stays cheap: nothing here imports torch until a test actually runs under
+--streamorder. Settings go ini < environment variable < command line < marker.
+"""
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
+DEFAULT_SCHEDULES = 8
+# Schedules cycle through these: each finds stale values that the others can miss
+# (races are found on every schedule: detection does not depend on the schedule).
+MIX = ("random", "delay", "pct", "lazy")
+POLICY_CHOICES = ("eager", "lazy", "random", "pct", "delay", "mix")
+CACHE_KEY = "streamorder/seed"
+
+_SETTINGS = {
+    # name: (type, default, environment variable, help)
+    "schedules": (int, DEFAULT_SCHEDULES, "STREAMORDER_SCHEDULES",
+                  "schedules explored per test"),
+    "policy": (str, "mix", "STREAMORDER_POLICY",
+               "scheduling policy: eager, lazy, random, pct, delay, or mix (cycles "
+               "random, delay, pct, lazy)"),
+    "seed": (str, "0", "STREAMORDER_SEED", "base seed (an int), or 'last' for the last run's"),
+    "max_ops": (int, 1_000_000, "STREAMORDER_MAX_OPS",
+                "device ops one schedule may issue before it is stopped with an error"),
+}
+
 
 def pytest_addoption(parser):
-    group = parser.getgroup("streamorder", "CUDA stream-ordering checks")
-    group.addoption(
-        "--streamorder",
-        action="store_true",
-        default=False,
-        help="run tests on the virtual CUDA device and fail on stream-ordering races",
-    )
+    group = parser.getgroup("streamorder", "CUDA stream-ordering checks (pytest-streamorder)")
+    group.addoption("--streamorder", action="store_true", default=None,
+                    help="run tests on the virtual CUDA device and fail on stream-ordering races")
+    parser.addini("streamorder", "turn --streamorder on", type="bool", default=False)
+    for name, (typ, default, env, text) in _SETTINGS.items():
+        flag = "--streamorder-" + name.replace("_", "-")
+        kwargs = {"choices": POLICY_CHOICES} if name == "policy" else {}
+        group.addoption(flag, dest="streamorder_" + name, default=None, metavar=name.upper(),
+                        help=f"{text} (env {env}; ini streamorder_{name}; default {default})",
+                        **kwargs)
+        parser.addini("streamorder_" + name, text, default=None)
+    group.addoption("--streamorder-replay", dest="streamorder_replay", default=None,
+                    metavar="TOKEN", help="run exactly one schedule again: the token a failure printed")
+
+
+def _setting(config, name: str):
+    """ini < environment variable < command line."""
+    typ, default, env, _ = _SETTINGS[name]
+    value = config.getini("streamorder_" + name) or default
+    value = os.environ.get(env, value)
+    cli = config.getoption("streamorder_" + name)
+    value = cli if cli is not None else value
+    try:
+        return typ(value)
+    except ValueError:
+        raise pytest.UsageError(f"streamorder {name} must be {typ.__name__}, got {value!r}") from None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "streamorder(schedules=None, policy=None, seed=None): tune the stream-order "
+        "check for one test")
+    config.addinivalue_line("markers", "no_streamorder: run this test plainly, without the "
+                            "virtual device, under --streamorder")
+    cli = config.getoption("streamorder")
+    enabled = cli if cli is not None else config.getini("streamorder")
+    if not enabled and config.getoption("streamorder_replay") is None:
+        return
+    run = StreamOrderRun(config)
+    config.pluginmanager.register(run, "streamorder-run")
+
+
+class StreamOrderRun:
+    """State of one `pytest --streamorder` session."""
+
+    def __init__(self, config):
+        self.config = config
+        self.schedules = _setting(config, "schedules")
+        self.policy = _setting(config, "policy")
+        if self.policy not in POLICY_CHOICES:
+            raise pytest.UsageError(f"--streamorder-policy must be one of {POLICY_CHOICES}, got {self.policy!r}")
+        if self.schedules < 1:
+            raise pytest.UsageError("--streamorder-schedules must be >= 1")
+        self.max_ops = _setting(config, "max_ops")
+        self.seed = self._base_seed(_setting(config, "seed"))
+        self.replay = config.getoption("streamorder_replay")
+        if self.replay is not None:
+            _parse_token(self.replay)  # a bad token is a usage error now, not per test
+        self.tests = self.schedules_run = self.device_ops = self.races = 0
+
+    def _base_seed(self, seed: str) -> int:
+        cache = getattr(self.config, "cache", None)
+        if seed == "last":
+            if cache is None or cache.get(CACHE_KEY, None) is None:
+                raise pytest.UsageError("--streamorder-seed=last: no earlier run's seed in pytest's cache")
+            return int(cache.get(CACHE_KEY, 0))
+        try:
+            value = int(seed)
+        except ValueError:
+            raise pytest.UsageError(f"--streamorder-seed takes an int or 'last', got {seed!r}") from None
+        if cache is not None:
+            cache.set(CACHE_KEY, value)
+        return value
+
+    def pytest_report_header(self, config):
+        what = f"replay {self.replay}" if self.replay else \
+            f"seed={self.seed} policy={self.policy} schedules={self.schedules}"
+        return f"streamorder: virtual CUDA device, {what}"
+
+    def plan(self, item) -> list[tuple[str, int]]:
+        """(policy, seed) of every schedule to run for this test."""
+        if self.replay is not None:
+            return [_parse_token(self.replay)]
+        marker = item.get_closest_marker("streamorder")
+        opts = marker.kwargs if marker else {}
+        schedules = opts.get("schedules") or self.schedules
+        policy = opts.get("policy") or self.policy
+        seed = opts.get("seed", self.seed)
+        policies = MIX if policy == "mix" else (policy,)
+        return [(policies[i % len(policies)], seed + i) for i in range(schedules)]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem):
+        if pyfuncitem.get_closest_marker("no_streamorder"):
+            return None
+        from .sim.device import virtual_device
+
+        funcargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+        self.tests += 1
+        for index, (policy, seed) in enumerate(self.plan(pyfuncitem)):
+            vd = virtual_device(seed=seed, policy=policy, max_ops=self.max_ops)
+            self.schedules_run += 1
+            try:
+                with vd:
+                    pyfuncitem.obj(**funcargs)
+            except BaseException as exc:
+                if isinstance(exc, (pytest.skip.Exception, KeyboardInterrupt)):
+                    raise
+                self._count(vd)
+                token = f"{policy}:{seed}"
+                where = (f"streamorder: failed on schedule {index + 1} (policy {policy}, seed "
+                         f"{seed}); {len(vd.races)} race(s), {vd.ops_issued} device ops.\n"
+                         f"replay: pytest --streamorder --streamorder-replay={token} "
+                         f"'{pyfuncitem.nodeid}'")
+                pyfuncitem.add_report_section("call", "streamorder", where)
+                if hasattr(exc, "add_note"):
+                    exc.add_note(where)
+                raise
+            self._count(vd)
+        return True
+
+    def _count(self, vd) -> None:
+        self.device_ops += vd.ops_issued
+        self.races += len(vd.races)
+
+    def pytest_terminal_summary(self, terminalreporter):
+        terminalreporter.write_sep("-", "streamorder")
+        terminalreporter.write_line(
+            f"{self.tests} tests checked, {self.schedules_run} schedules explored, "
+            f"{self.device_ops} device ops simulated, {self.races} races found")
+
+
+def _parse_token(token: str) -> tuple[str, int]:
+    policy, _, seed = token.partition(":")
+    if policy not in POLICY_CHOICES[:-1] or not seed.lstrip("-").isdigit():
+        raise pytest.UsageError(
+            f"--streamorder-replay takes the token a failure printed, e.g. 'delay:3'; got {token!r}")
+    return policy, int(seed)

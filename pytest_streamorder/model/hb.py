@@ -213,6 +213,7 @@ class HappensBefore:
     def launch(self, stream: Agent, op: str, accesses: Iterable[AccessSpec] = (),
                site: Site = UNKNOWN_SITE) -> list[Race]:
         """Work on `stream`: FIFO after the stream's earlier work, after the host's past."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._enqueue(stream)
         stream.clock[stream.id] += 1
         return self._check_all(stream, accesses, op, site)
@@ -220,11 +221,13 @@ class HappensBefore:
     def host_access(self, op: str, accesses: Iterable[AccessSpec],
                     site: Site = UNKNOWN_SITE) -> list[Race]:
         """The host reads or writes memory directly (pinned buffers)."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         return self._check_all(self.host, accesses, op, site)
 
     def record(self, event: Event, stream: Agent, site: Site = UNKNOWN_SITE) -> None:
         """event.record(stream): capture the stream's position now, replacing any
         earlier capture (a later waiter no longer waits for the old one)."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._enqueue(stream)
         event.capture = list(stream.clock)
         event.recorded_on = stream
@@ -234,6 +237,7 @@ class HappensBefore:
     def wait(self, stream: Agent, event: Event, site: Site = UNKNOWN_SITE) -> None:
         """stream.wait_event(event): later work on the stream is ordered after the
         event's capture *as it is now*. A never-recorded event is a no-op."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         _check_stream(stream)
         if event.capture is None:
             stream.recent_waits.append(WaitNote(event, None, 0, site))
@@ -272,6 +276,7 @@ class HappensBefore:
         """New memory. With an address, any freed allocation it overlaps is being
         reused: accesses to the old block not ordered before the reuse stay in the
         shadow, so the new owner's accesses race with them (missing record_stream)."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if nbytes < 0:
             raise ValueError(f"allocation size must be >= 0, got {nbytes}")
         self._allocs += 1
@@ -290,6 +295,7 @@ class HappensBefore:
 
     def free(self, alloc: Allocation, site: Site = UNKNOWN_SITE) -> None:
         """The last reference to the memory is gone; the allocator may reuse it."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if alloc.freed:
             raise ValueError(f"{alloc.label} freed twice")
         alloc.freed = True
@@ -330,6 +336,7 @@ class HappensBefore:
 
     def _check_all(self, agent: Agent, accesses: Iterable[AccessSpec], op: str,
                    site: Site) -> list[Race]:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         found = []
         for alloc, start, stop, is_write in accesses:
             race = self._check(agent, alloc, start, stop, is_write, op, site)
@@ -348,6 +355,7 @@ class HappensBefore:
         when this one is a write or both are reads: anything that would race with
         it then races with this one too.
         """
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if alloc.freed:
             raise ValueError(f"{op} accesses {alloc.label} after it was freed")
         if not 0 <= start <= stop <= alloc.nbytes:
@@ -381,6 +389,7 @@ class HappensBefore:
         return race
 
     def _found(self, race: Race) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if len(self.races) < self.max_races:
             self.races.append(race)
         else:

@@ -16,9 +16,11 @@ def _internal_prefixes() -> tuple[str, ...]:
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     # weakref.py: where a finalizer (our "free" event) runs, not where the user was.
     prefixes = [ours, os.path.abspath(weakref.__file__)]
-    torch_mod = sys.modules.get("torch")
-    if torch_mod is not None and getattr(torch_mod, "__file__", None):
-        prefixes.append(os.path.dirname(os.path.abspath(torch_mod.__file__)) + os.sep)
+    # torch's and the test runner's frames are machinery too, when they are loaded.
+    for name in ("torch", "pluggy", "_pytest"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            prefixes.append(os.path.dirname(os.path.abspath(module.__file__)) + os.sep)
     return tuple(prefixes)
 
 

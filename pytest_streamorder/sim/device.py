@@ -102,6 +102,7 @@ class VirtualDevice:
         return self.scheduler.host_blocked_ns / 1e9
 
     def _on_race(self, race: Race) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if self.raise_on_race:
             raise StreamRaceError(race)
 
@@ -157,10 +158,12 @@ class VirtualDevice:
         return base if n == 0 else f"{base}#{n + 1}"
 
     def sync_stream(self, stream: VirtualStream) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.scheduler.drain(stream.queue)
         self.hb.sync_stream(stream.agent)
 
     def sync_device(self) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.scheduler.drain_all()
         self.hb.sync_device()
 
@@ -182,6 +185,7 @@ class VirtualDevice:
 
     def launch(self, name: str, accesses, site: Site, run, stream: VirtualStream | None = None) -> None:
         """Tell the model, then queue `run` (None: nothing to execute) on the stream."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         stream = stream or self.current_stream
         self._count_op(name)
         self.hb.launch(stream.agent, name, accesses, site)
@@ -217,12 +221,14 @@ class VirtualDevice:
         return self._pinned.get(t.untyped_storage().data_ptr())
 
     def host_access(self, t: torch.Tensor, is_write: bool, op: str, site: Site) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         alloc = self.pinned_alloc(t)
         if alloc is not None:
             start, stop = _host_range(t)
             self.hb.host_access(op, [(alloc, start, stop, is_write)], site)
 
     def host_read(self, t: torch.Tensor, op: str, site: Site) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.host_access(t, False, op, site)
 
 

@@ -82,6 +82,7 @@ class FunctionMode(TorchFunctionMode):
         self.vd = vd
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         kwargs = kwargs or {}
         handler = FUNCTION_HANDLERS.get(func)
         if handler is not None:
@@ -101,6 +102,7 @@ class FunctionMode(TorchFunctionMode):
 
 def _factory(vd: "VirtualDevice", func, args, kwargs):
     """torch.zeros(..., device="cuda") and friends."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     site = Site.here(2)
     if kwargs.get("requires_grad"):
         raise NotImplementedError("autograd (requires_grad=True) is not modelled by the virtual device")
@@ -124,6 +126,7 @@ def upload(vd: "VirtualDevice", dst: DeviceTensor, src: torch.Tensor, site: Site
     """H2D copy on the current stream. From pinned memory with non_blocking, the copy reads
     the host buffer when it runs; otherwise the host data is taken now (pageable copies
     are staged synchronously), and a blocking copy also waits for the stream."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     pinned = vd.pinned_alloc(src)
     dst_ref = ops.Ref(dst)
     accesses = [ops._access(dst, True)]
@@ -148,6 +151,7 @@ def download(vd: "VirtualDevice", dst: torch.Tensor, src: DeviceTensor, site: Si
              non_blocking: bool) -> torch.Tensor:
     """D2H copy on the current stream. Into pinned memory with non_blocking, the host
     returns at once and the data lands when the copy runs; otherwise the host waits."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     pinned = vd.pinned_alloc(dst)
     src_ref = ops.Ref(src)
     accesses = [ops._access(src, False)]
@@ -163,6 +167,7 @@ def download(vd: "VirtualDevice", dst: torch.Tensor, src: DeviceTensor, site: Si
 # --- function-level handlers -------------------------------------------------------
 
 def _to(vd, func, args, kwargs):
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     self = args[0]
     if func is T.cuda:
         device, dtype = kwargs.get("device", args[1] if len(args) > 1 else None), None
@@ -228,6 +233,7 @@ def _record_stream(vd, func, args, kwargs):
 
 
 def _tolist(vd, func, args, kwargs):
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     self = args[0]
     if isinstance(self, DeviceTensor):
         return self.cpu().tolist()
@@ -245,6 +251,7 @@ def _numpy(vd, func, args, kwargs):
 
 
 def _repr(vd, func, args, kwargs):
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     self = args[0]
     if isinstance(self, DeviceTensor):
         text = repr(self.cpu())
@@ -293,6 +300,7 @@ FUNCTION_HANDLERS = {
 
 def dispatch(func, types, args, kwargs):
     """An aten op with a device tensor (or twin) argument."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     from .device import active_device
 
     vd = active_device(f"{func} on a virtual CUDA tensor")
@@ -310,6 +318,7 @@ def _host_accesses(vd: "VirtualDevice", func, args, kwargs) -> None:
     """Report host reads and writes of pinned tensors by a host-side torch call. The
     call writes its first argument when it is in-place (name ends in '_') or
     __setitem__, and writes `out=`; it reads every other tensor argument."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     found = None
     for i, v in enumerate(args):
         if isinstance(v, torch.Tensor) and not isinstance(v, DeviceTensor) \
@@ -333,6 +342,7 @@ def _writes_self(func) -> bool:
 
 
 def _copy_(vd, func, args, kwargs):
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     dst, src = args[0], args[1]
     non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
     site = Site.here(2)
@@ -348,6 +358,7 @@ def _copy_(vd, func, args, kwargs):
 
 
 def _to_copy(vd, func, args, kwargs):
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     self = args[0]
     device = kwargs.get("device")
     if isinstance(self, DeviceTensor) and device is not None and torch.device(device).type == "cpu":

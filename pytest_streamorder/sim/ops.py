@@ -204,6 +204,7 @@ def materialize(value):
 
 def run_captured(func, cargs, ckwargs, outs: list, seed: int | None):
     """Run an op on CPU views of the blocks; write non-aliasing results into `outs`."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
         args = materialize(cargs)
         kwargs = {k: materialize(v) for k, v in ckwargs.items()} if ckwargs else {}
@@ -227,6 +228,7 @@ def describe_tensor(t: torch.Tensor) -> str:
 
 def issue(vd: "VirtualDevice", func, args, kwargs, site: Site):
     """Issue one op with device-tensor arguments on the current stream."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     schema = schema_of(func)
     bound = bind(schema, args, kwargs)
     host_inputs = []
@@ -296,6 +298,7 @@ def _access(t: DeviceTensor, is_write: bool):
 
 def issue_sync(vd: "VirtualDevice", func, args, kwargs, site: Site):
     """A data-dependent op: the host waits for the current stream, then it runs now."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
     schema = schema_of(func)
     stream = vd.current_stream
     accesses = []

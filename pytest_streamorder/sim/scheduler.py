@@ -142,6 +142,7 @@ class Scheduler:
         return stream
 
     def enqueue(self, stream: StreamQueue, item: Item) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.host_time_ns += LAUNCH_NS
         item.issued_ns = self.host_time_ns
         stream.queue.append(item)
@@ -153,6 +154,7 @@ class Scheduler:
                   target: StreamQueue | None = None) -> None:
         """Block the host until `done()`; items run in policy order meanwhile. The host's
         virtual clock then moves to `finish_ns()` if that is later: time spent blocked."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         while not done():
             self._step_forced(target)
         blocked = finish_ns() - self.host_time_ns
@@ -162,26 +164,31 @@ class Scheduler:
 
     def drain(self, stream: StreamQueue) -> None:
         """stream.synchronize(): everything queued on it so far has run."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.run_until(lambda: not stream.queue, lambda: stream.time_ns, target=stream)
 
     def drain_all(self) -> None:
         """torch.cuda.synchronize()."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.run_until(lambda: not any(s.queue for s in self.streams),
                        lambda: max((s.time_ns for s in self.streams), default=0))
 
     def wait_mark(self, mark: EventMark) -> None:
         """event.synchronize()."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.run_until(lambda: mark.done, lambda: mark.time_ns, target=mark.stream)
 
     def poll(self, mark: EventMark) -> bool:
         """event.query(): True when done; otherwise make one step of progress, so that a
         host loop polling query() always terminates, whatever the policy."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if mark.done:
             return True
         self._step_forced(mark.stream)
         return False
 
     def poll_stream(self, stream: StreamQueue) -> bool:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if not stream.queue:
             return True
         self._step_forced(stream)
@@ -190,6 +197,7 @@ class Scheduler:
     # --- running items -----------------------------------------------------------------
 
     def _run_one(self, stream: StreamQueue) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         item = stream.queue.popleft()
         start = max(stream.time_ns, item.issued_ns)
         if item.blocked_on is not None:
@@ -212,6 +220,7 @@ class Scheduler:
 
     def _point(self) -> None:
         """A scheduling point after an enqueue: run what the policy wants to run now."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         policy = self.policy
         if policy == "eager":
             while (ready := self._ready()):
@@ -236,6 +245,7 @@ class Scheduler:
 
     def _step_forced(self, target: StreamQueue | None) -> None:
         """Run one item while the host is blocked waiting on `target` (None: any)."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         ready = self._ready()
         if not ready:
             raise RuntimeError(

@@ -24,12 +24,16 @@ _ASSIGNED_NAME = re.compile(r"(?:self\.|\b)(\w+)\s*(?::[^=]*)?=(?!=)")
 
 def name_from_source(site: Site, fallback: str) -> str:
     """The variable a stream/event is assigned to on its creation line, e.g.
-    `self.fwd_prepare_d2h_stream = torch.cuda.Stream()` -> 'fwd_prepare_d2h_stream'."""
+    `self.fwd_prepare_d2h_stream = torch.cuda.Stream()` -> 'fwd_prepare_d2h_stream'
+    (also when the call continues an assignment from up to two lines above)."""
     for code, line in site.frames[:1]:
-        text = linecache.getline(code.co_filename, line)
-        m = _ASSIGNED_NAME.search(text)
-        if m and m.group(1) != "_":
-            return m.group(1)
+        for back in range(3):
+            text = linecache.getline(code.co_filename, line - back)
+            m = _ASSIGNED_NAME.search(text)
+            if m and m.group(1) != "_":
+                return m.group(1)
+            if back == 0 and ")" in text.split("(")[0]:
+                break
     return fallback
 
 
@@ -68,12 +72,14 @@ class VirtualStream(torch.Stream):
 
     # ordering
     def wait_event(self, event: "VirtualEvent") -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.wait_event")
         if not isinstance(event, VirtualEvent):
             raise TypeError(f"Stream.wait_event expects a torch.cuda.Event, got {type(event).__name__}")
         event._wait_on(self, Site.here(1))
 
     def wait_stream(self, stream: "VirtualStream") -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.wait_stream")
         if not isinstance(stream, VirtualStream):
             raise TypeError(f"Stream.wait_stream expects a torch.cuda.Stream, got {type(stream).__name__}")
@@ -85,6 +91,7 @@ class VirtualStream(torch.Stream):
         fresh._wait_on(self, site)
 
     def record_event(self, event: "VirtualEvent | None" = None) -> "VirtualEvent":
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if event is None:
             event = VirtualEvent(_vd=self._vd, _name=f"{self.name}.record_event")
         event._record_on(self, Site.here(1))
@@ -92,6 +99,7 @@ class VirtualStream(torch.Stream):
 
     # host side
     def query(self) -> bool:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.query")
         done = self._vd.scheduler.poll_stream(self.queue)
         if done:
@@ -99,6 +107,7 @@ class VirtualStream(torch.Stream):
         return done
 
     def synchronize(self) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.synchronize")
         self._vd.sync_stream(self)
 
@@ -140,6 +149,7 @@ class VirtualEvent:
         self._mark: EventMark | None = None  # the latest record; None: never recorded
 
     def _record_on(self, stream: VirtualStream, site: Site) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         vd = self._vd
         vd.check_active("Event.record")
         vd.hb.record(self.model_event, stream.agent, site)
@@ -148,19 +158,23 @@ class VirtualEvent:
         vd.scheduler.enqueue(stream.queue, Item(f"record {self.name}", None, done_mark=mark, cost_ns=0))
 
     def _wait_on(self, stream: VirtualStream, site: Site) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         vd = self._vd
         vd.hb.wait(stream.agent, self.model_event, site)
         if self._mark is not None:  # waiting on a never-recorded event is a no-op
             vd.scheduler.enqueue(stream.queue, Item(f"wait {self.name}", None, blocked_on=self._mark, cost_ns=0))
 
     def record(self, stream: VirtualStream | None = None) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._record_on(_stream_or_current(self._vd, stream), Site.here(1))
 
     def wait(self, stream: VirtualStream | None = None) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Event.wait")
         self._wait_on(_stream_or_current(self._vd, stream), Site.here(1))
 
     def query(self) -> bool:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Event.query")
         if self._mark is None:
             return True
@@ -170,6 +184,7 @@ class VirtualEvent:
         return done
 
     def synchronize(self) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         vd = self._vd
         vd.check_active("Event.synchronize")
         if self._mark is None:

@@ -35,6 +35,7 @@ class DeviceTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         from .interception import dispatch
 
         return dispatch(func, types, args, kwargs)
@@ -65,6 +66,7 @@ class Twin(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         from .interception import dispatch
 
         return dispatch(func, types, args, kwargs)

@@ -1,0 +1,57 @@
+"""What the virtual device costs: the reference overlap loop (8 steps, batch 16) on the
+virtual device against the same program eager on device="cpu".
+
+Run: python -m pytest tests/benchmarks/test_virtual_device_overhead.py --benchmark-only
+The ratio and schedules/s land in the benchmark's extra_info (and --benchmark-json).
+Nothing here asserts a time: CI runs it once with --benchmark-disable to keep it working.
+"""
+
+import random
+import timeit
+
+import pytest
+
+import pytest_streamorder as so
+from reference_impl.overlap_loop import OverlapLoop
+
+STEPS, BATCH, POOL = 8, 16, 32
+
+
+def overlap_program(device: str, seed: int) -> list:
+    """The workload: admit BATCH requests, run STEPS spec steps, check every result."""
+    rng = random.Random(seed)
+    loop = OverlapLoop(POOL, device=device)
+    for slot in range(1, BATCH + 1):
+        loop.admit(slot, rng.randint(1, 5))
+    for _ in range(STEPS):
+        indices = list(range(1, BATCH + 1))
+        loop.step(indices, [rng.randint(1, 3) for _ in indices], spec=True)
+    results = loop.synchronize()
+    for r in results:
+        r.check()
+    return results
+
+
+def test_eager_cpu(benchmark):
+    results = benchmark(overlap_program, "cpu", 0)
+    assert len(results) == STEPS
+
+
+@pytest.mark.parametrize("policy", ["eager", "random", "delay"])
+def test_virtual_device(benchmark, policy):
+    seeds = iter(range(10**9))
+
+    def one_schedule():
+        with so.virtual_device(seed=next(seeds), policy=policy) as vd:
+            overlap_program("cuda", 0)
+        return vd
+
+    vd = benchmark(one_schedule)
+    assert vd.races == []
+    assert vd.ops_issued > STEPS * 8  # the program really ran on the device
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        mean = benchmark.stats.stats.mean
+        eager_cpu = min(timeit.repeat(lambda: overlap_program("cpu", 0), number=5, repeat=5)) / 5
+        benchmark.extra_info["schedules_per_s"] = round(1 / mean, 1)
+        benchmark.extra_info["ratio_to_eager_cpu"] = round(mean / eager_cpu, 1)
+        benchmark.extra_info["device_ops_per_schedule"] = vd.ops_issued
