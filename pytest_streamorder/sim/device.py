@@ -61,7 +61,8 @@ class VirtualDevice:
     """One run of a program on the virtual device. Use via `virtual_device(...)`."""
 
     def __init__(self, seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
-                 raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS):
+                 raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS,
+                 chooser: Chooser | None = None):
         if replay is not None:
             if not isinstance(replay, Schedule):
                 raise TypeError(f"replay= takes a Schedule (vd.schedule), got {type(replay).__name__}")
@@ -73,7 +74,9 @@ class VirtualDevice:
         self.raise_on_race = raise_on_race
         self.max_ops = max_ops
         self.hb = HappensBefore(on_race=self._on_race)
-        self.chooser = Chooser(seed, list(replay.choices) if replay is not None else None)
+        # Every scheduling decision comes from the chooser: seeded, replayed, or (for
+        # Hypothesis, so a failing schedule shrinks) drawn from a test case's data.
+        self.chooser = chooser or Chooser(seed, list(replay.choices) if replay is not None else None)
         self.scheduler = Scheduler(policy, self.chooser)
         self.allocator = CachingAllocator(self)
         self.ops_issued = 0
@@ -270,14 +273,16 @@ def _user_site(site: Site) -> Site:
 
 
 def virtual_device(seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
-                   raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS) -> VirtualDevice:
+                   raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS,
+                   chooser: Chooser | None = None) -> VirtualDevice:
     """Run torch.cuda code on the virtual device inside `with virtual_device(...) as vd:`.
 
     policy: eager (ops run at launch, like CUDA_LAUNCH_BLOCKING), lazy (only when the
     host waits), random, pct (random stream priorities with change points), delay (one
     stream held back as long as legal). Same seed, same schedule; `vd.schedule` replays
     it exactly. The first race raises StreamRaceError unless raise_on_race=False;
-    `vd.races` lists them all.
+    `vd.races` lists them all. `chooser` (anything with `choose(n) -> int in [0, n)` and
+    a `choices` list) replaces the seeded one, e.g. to draw the schedule from Hypothesis.
     """
     return VirtualDevice(seed=seed, policy=policy, replay=replay, raise_on_race=raise_on_race,
-                         max_ops=max_ops)
+                         max_ops=max_ops, chooser=chooser)
