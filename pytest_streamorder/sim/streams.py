@@ -19,19 +19,27 @@ from .scheduler import EventMark, Item
 if TYPE_CHECKING:
     from .device import VirtualDevice
 
-_ASSIGNED_NAME = re.compile(r"(?:self\.|\b)(\w+)\s*(?::[^=]*)?=(?!=)")
+_ASSIGNED_NAMES = re.compile(
+    r"^\s*((?:self\.)?\w+(?:\s*,\s*(?:self\.)?\w+)*)\s*(?::[^=]*)?=(?!=)")
+_created_at: dict = {}  # (file, line) -> how many objects that line created so far
 
 
 def name_from_source(site: Site, fallback: str) -> str:
     """The variable a stream/event is assigned to on its creation line, e.g.
-    `self.fwd_prepare_d2h_stream = torch.cuda.Stream()` -> 'fwd_prepare_d2h_stream'
-    (also when the call continues an assignment from up to two lines above)."""
+    `self.fwd_prepare_d2h_stream = torch.cuda.Stream()` -> 'fwd_prepare_d2h_stream';
+    `fwd, d2h = torch.cuda.Stream(), torch.cuda.Stream()` -> 'fwd', then 'd2h'; also
+    when the call continues an assignment from up to two lines above."""
     for code, line in site.frames[:1]:
         for back in range(3):
             text = linecache.getline(code.co_filename, line - back)
-            m = _ASSIGNED_NAME.search(text)
-            if m and m.group(1) != "_":
-                return m.group(1)
+            m = _ASSIGNED_NAMES.match(text)
+            if m:
+                names = [n.strip().removeprefix("self.") for n in m.group(1).split(",")]
+                key = (code.co_filename, line)
+                nth = _created_at.get(key, 0)
+                _created_at[key] = nth + 1
+                name = names[nth % len(names)]
+                return name if name != "_" else fallback
             if back == 0 and ")" in text.split("(")[0]:
                 break
     return fallback

@@ -1,0 +1,138 @@
+"""The pytest plugin, driven through pytester on small plain torch.cuda test files."""
+
+import subprocess
+import sys
+
+import pytest
+import torch  # noqa: F401  (imported once here: pytester's in-process runs cannot re-import torch)
+import torch._dynamo  # noqa: F401
+
+import pytest_streamorder.sim.device  # noqa: F401  (likewise)
+
+pytest_plugins = ["pytester"]
+
+BROKEN = """
+import torch
+
+def test_d2h_not_gated():
+    fwd, d2h = torch.cuda.Stream(), torch.cuda.Stream()
+    buf = torch.zeros(4, dtype=torch.int64, device="cuda")
+    pinned = torch.empty(4, dtype=torch.int64, pin_memory=True)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(fwd):
+        buf.add_(7)
+    with torch.cuda.stream(d2h):          # missing: d2h.wait_stream(fwd)
+        pinned.copy_(buf, non_blocking=True)
+    d2h.synchronize()
+    assert pinned.tolist() == [7, 7, 7, 7]
+"""
+
+CORRECT = BROKEN.replace("    with torch.cuda.stream(d2h):          # missing: d2h.wait_stream(fwd)",
+                         "    d2h.wait_stream(fwd)\n    with torch.cuda.stream(d2h):")
+
+
+def test_broken_test_fails_with_report_and_replay_line(pytester):
+    pytester.makepyfile(test_broken=BROKEN)
+    result = pytester.runpytest("--streamorder", "-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*StreamRaceError: stream-order race on 'buf'*",
+        "*missing edge: stream 'd2h' read this before waiting for any event recorded on 'fwd'*",
+        "*replay: pytest --streamorder --streamorder-replay=random:0 'test_broken.py::test_d2h_not_gated'*",
+        "*1 tests checked, 1 schedules explored*1 races found*",
+    ])
+
+
+def test_correct_twin_passes_every_schedule(pytester):
+    pytester.makepyfile(test_correct=CORRECT)
+    result = pytester.runpytest("--streamorder", "--streamorder-schedules=12")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*1 tests checked, 12 schedules explored*0 races found*"])
+
+
+def test_replay_runs_exactly_that_schedule_and_fails_the_same_way(pytester):
+    pytester.makepyfile(test_broken=BROKEN)
+    result = pytester.runpytest("--streamorder", "--streamorder-replay=delay:5")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*policy delay, seed 5*",
+        "*--streamorder-replay=delay:5*",
+        "*1 tests checked, 1 schedules explored*",
+    ])
+
+
+def test_header_and_seed_last(pytester):
+    pytester.makepyfile(test_correct=CORRECT)
+    first = pytester.runpytest("--streamorder", "--streamorder-seed=41")
+    first.stdout.fnmatch_lines(["streamorder: virtual CUDA device, seed=41 policy=mix schedules=8"])
+    again = pytester.runpytest("--streamorder", "--streamorder-seed=last")
+    again.stdout.fnmatch_lines(["streamorder: virtual CUDA device, seed=41 *"])
+
+
+def test_precedence_ini_env_cli_marker(pytester, monkeypatch):
+    pytester.makeini("[pytest]\nstreamorder_schedules = 3\n")
+    pytester.makepyfile(test_correct=CORRECT + """
+
+import pytest
+
+@pytest.mark.streamorder(schedules=2, policy="lazy")
+def test_marked():
+    test_d2h_not_gated()
+""")
+    result = pytester.runpytest("--streamorder", "-v")
+    result.stdout.fnmatch_lines(["*policy=mix schedules=3*", "*2 tests checked, 5 schedules*"])
+    monkeypatch.setenv("STREAMORDER_SCHEDULES", "4")
+    result = pytester.runpytest("--streamorder")
+    result.stdout.fnmatch_lines(["*2 tests checked, 6 schedules*"])
+    result = pytester.runpytest("--streamorder", "--streamorder-schedules=1")
+    result.stdout.fnmatch_lines(["*2 tests checked, 3 schedules*"])
+
+
+def test_no_streamorder_marker_runs_plainly(pytester):
+    pytester.makepyfile(test_plain="""
+import pytest, torch
+
+@pytest.mark.no_streamorder
+def test_plain():
+    assert not torch.cuda.is_available()   # the CPU machine, not the virtual device
+""")
+    result = pytester.runpytest("--streamorder", "--strict-markers")
+    result.assert_outcomes(passed=1)
+
+
+def test_off_without_the_flag(pytester):
+    pytester.makepyfile(test_plain="""
+import torch
+
+def test_plain():
+    assert not torch.cuda.is_available()
+""")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    assert "streamorder: virtual CUDA device" not in out and "schedules explored" not in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--streamorder-replay=fast:1"], "--streamorder-replay takes the token*"),
+    (["--streamorder", "--streamorder-seed=abc"], "*--streamorder-seed takes an int or 'last'*"),
+    (["--streamorder", "--streamorder-schedules=0"], "*--streamorder-schedules must be >= 1*"),
+])
+def test_bad_options_are_usage_errors(pytester, args, message):
+    pytester.makepyfile(test_correct=CORRECT)
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}"])
+
+
+def test_op_bound_is_a_clear_error(pytester):
+    pytester.makepyfile(test_correct=CORRECT)
+    result = pytester.runpytest("--streamorder", "--streamorder-max-ops=2")  # it issues 3
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*DeviceOpLimitExceeded: the program issued more than 2 device ops*"])
+
+
+def test_loading_the_plugin_does_not_import_torch():
+    code = ("import sys, pytest_streamorder, pytest_streamorder.plugin; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
