@@ -45,6 +45,9 @@ def pytest_addoption(parser):
         parser.addini("streamorder_" + name, text, default=None)
     group.addoption("--streamorder-replay", dest="streamorder_replay", default=None,
                     metavar="TOKEN", help="run exactly one schedule again: the token a failure printed")
+    group.addoption("--streamorder-trace-dir", dest="streamorder_trace_dir", default=None,
+                    metavar="DIR", help="write a Perfetto trace and an HTML timeline of each "
+                    "failing schedule into DIR")
 
 
 def _setting(config, name: str):
@@ -88,6 +91,7 @@ class StreamOrderRun:
         self.max_ops = _setting(config, "max_ops")
         self.seed = self._base_seed(_setting(config, "seed"))
         self.replay = config.getoption("streamorder_replay")
+        self.trace_dir = config.getoption("streamorder_trace_dir")
         if self.replay is not None:
             _parse_token(self.replay)  # a bad token is a usage error now, not per test
         self.tests = self.schedules_run = self.device_ops = self.races = 0
@@ -141,17 +145,38 @@ class StreamOrderRun:
                 if isinstance(exc, (pytest.skip.Exception, KeyboardInterrupt)):
                     raise
                 self._count(vd)
+                item_props = pyfuncitem.user_properties
+                item_props.append(("streamorder_failed_schedule", f"{policy}:{seed}"))
+                item_props.append(("streamorder_races", len(vd.races)))
                 token = f"{policy}:{seed}"
                 where = (f"streamorder: failed on schedule {index + 1} (policy {policy}, seed "
                          f"{seed}); {len(vd.races)} race(s), {vd.ops_issued} device ops.\n"
                          f"replay: pytest --streamorder --streamorder-replay={token} "
                          f"'{pyfuncitem.nodeid}'")
+                if self.trace_dir:
+                    where += "\ntrace: " + self._write_trace(pyfuncitem, funcargs, policy, seed)
                 pyfuncitem.add_report_section("call", "streamorder", where)
                 if hasattr(exc, "add_note"):
                     exc.add_note(where)
                 raise
             self._count(vd)
+        pyfuncitem.user_properties.append(("streamorder_schedules", len(self.plan(pyfuncitem))))
         return True
+
+    def _write_trace(self, item, funcargs, policy: str, seed: int) -> str:
+        """Run the failing schedule again, recording a timeline and every race."""
+        from .sim.device import virtual_device
+        from .timeline import write_trace_files
+
+        vd = virtual_device(seed=seed, policy=policy, max_ops=self.max_ops,
+                            raise_on_race=False, record_timeline=True)
+        try:
+            with vd:
+                item.obj(**funcargs)
+        except Exception:  # the stale-value assert, most likely: the timeline shows why
+            pass
+        paths = write_trace_files(vd, self.trace_dir, f"{item.nodeid}-{policy}-{seed}")
+        return " and ".join(paths)
 
     def _count(self, vd) -> None:
         self.device_ops += vd.ops_issued

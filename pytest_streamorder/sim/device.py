@@ -62,7 +62,7 @@ class VirtualDevice:
 
     def __init__(self, seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
                  raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS,
-                 chooser: Chooser | None = None):
+                 chooser: Chooser | None = None, record_timeline: bool = False):
         if replay is not None:
             if not isinstance(replay, Schedule):
                 raise TypeError(f"replay= takes a Schedule (vd.schedule), got {type(replay).__name__}")
@@ -78,8 +78,11 @@ class VirtualDevice:
         # Hypothesis, so a failing schedule shrinks) drawn from a test case's data.
         self.chooser = chooser or Chooser(seed, list(replay.choices) if replay is not None else None)
         self.scheduler = Scheduler(policy, self.chooser)
+        if record_timeline:
+            self.scheduler.timeline = []
         self.allocator = CachingAllocator(self)
         self.ops_issued = 0
+        self.race_times_ns: list[int] = []  # host virtual time when each race was found
         self.active = False
         self._handles = itertools.count(0x1000, 0x10)
         self._stream_names: dict[str, int] = {"default": 1}
@@ -106,6 +109,7 @@ class VirtualDevice:
 
     def _on_race(self, race: Race) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        self.race_times_ns.append(self.scheduler.host_time_ns)
         if self.raise_on_race:
             raise StreamRaceError(race)
 
@@ -192,7 +196,9 @@ class VirtualDevice:
         stream = stream or self.current_stream
         self._count_op(name)
         self.hb.launch(stream.agent, name, accesses, site)
-        self.scheduler.enqueue(stream.queue, Item(name, run))
+        item = Item(name, run)
+        item.op_count = stream.agent.clock[stream.agent.id]
+        self.scheduler.enqueue(stream.queue, item)
 
     def new_tensor(self, size, stride, offset, dtype, label, site: Site, op: str = "") -> DeviceTensor:
         """Fresh device memory (from the current stream's pool) laid out as given."""
@@ -274,7 +280,7 @@ def _user_site(site: Site) -> Site:
 
 def virtual_device(seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
                    raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS,
-                   chooser: Chooser | None = None) -> VirtualDevice:
+                   chooser: Chooser | None = None, record_timeline: bool = False) -> VirtualDevice:
     """Run torch.cuda code on the virtual device inside `with virtual_device(...) as vd:`.
 
     policy: eager (ops run at launch, like CUDA_LAUNCH_BLOCKING), lazy (only when the
@@ -283,6 +289,7 @@ def virtual_device(seed: int | None = 0, policy: str = "random", replay: Schedul
     it exactly. The first race raises StreamRaceError unless raise_on_race=False;
     `vd.races` lists them all. `chooser` (anything with `choose(n) -> int in [0, n)` and
     a `choices` list) replaces the seeded one, e.g. to draw the schedule from Hypothesis.
+    record_timeline keeps what ran when, for pytest_streamorder.timeline's trace files.
     """
     return VirtualDevice(seed=seed, policy=policy, replay=replay, raise_on_race=raise_on_race,
-                         max_ops=max_ops, chooser=chooser)
+                         max_ops=max_ops, chooser=chooser, record_timeline=record_timeline)

@@ -60,7 +60,7 @@ class Item:
     """One unit of stream work. `run` executes it; `blocked_on` is an EventMark to wait for."""
 
     __slots__ = ("label", "run", "blocked_on", "done_mark", "cost_ns", "done",
-                 "issued_ns", "finish_ns")
+                 "issued_ns", "finish_ns", "op_count")
 
     def __init__(self, label: str, run: Callable[[], None] | None = None,
                  blocked_on: "EventMark | None" = None, done_mark: "EventMark | None" = None,
@@ -73,6 +73,7 @@ class Item:
         self.done = False
         self.issued_ns = 0  # host's virtual time at enqueue: it cannot start before
         self.finish_ns = 0
+        self.op_count = 0  # the model's op number on this stream, to mark races in a timeline
 
 
 class EventMark:
@@ -122,6 +123,9 @@ class Scheduler:
         self.steps = 0  # items run so far
         self.host_time_ns = 0
         self.host_blocked_ns = 0
+        # When set to a list: what ran when, for a timeline (see pytest_streamorder/timeline.py):
+        # ("item", stream, item, start_ns) and ("host", label, start_ns, end_ns).
+        self.timeline: list | None = None
         # delay: which stream (by creation index) is held back as long as legal.
         self._held = self.chooser.choose(4) if policy == "delay" else None
         # pct: priority change points, in scheduling steps (Burckhardt et al. 2010).
@@ -159,6 +163,9 @@ class Scheduler:
             self._step_forced(target)
         blocked = finish_ns() - self.host_time_ns
         if blocked > 0:
+            if self.timeline is not None:
+                what = f"sync {target.name}" if target is not None else "sync"
+                self.timeline.append(("host", what, self.host_time_ns, self.host_time_ns + blocked))
             self.host_time_ns += blocked
             self.host_blocked_ns += blocked
 
@@ -203,6 +210,8 @@ class Scheduler:
         if item.blocked_on is not None:
             start = max(start, item.blocked_on.time_ns)
         stream.time_ns = item.finish_ns = start + item.cost_ns
+        if self.timeline is not None:
+            self.timeline.append(("item", stream, item, start))
         if item.run is not None:
             item.run()
         item.done = True

@@ -136,3 +136,23 @@ def test_loading_the_plugin_does_not_import_torch():
     code = ("import sys, pytest_streamorder, pytest_streamorder.plugin; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_trace_dir_gets_a_perfetto_trace_and_an_html_timeline(pytester):
+    import json
+
+    pytester.makepyfile(test_broken=BROKEN)
+    result = pytester.runpytest("--streamorder", "--streamorder-trace-dir=traces")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*trace: traces/*random-0.trace.json and traces/*random-0.html*"])
+    trace_file, = pytester.path.joinpath("traces").glob("*.trace.json")
+    events = json.loads(trace_file.read_text())["traceEvents"]
+    tracks = {e["args"]["name"] for e in events if e["ph"] == "M"}
+    assert tracks == {"host", "stream 'default'", "stream 'fwd'", "stream 'd2h'"}
+    racy = [e for e in events if e.get("cname") == "terrible"]
+    assert sorted(e["name"] for e in racy) == ["D2H copy_", "aten.add_.Tensor"]
+    assert any(e["ph"] == "i" and "missing edge" in e["args"]["report"] for e in events)
+    page, = pytester.path.joinpath("traces").glob("*.html")
+    text = page.read_text()
+    assert "<svg" in text and "stream-order race on" in text
+    assert "http" not in text and "<script" not in text  # self-contained: nothing to fetch
