@@ -189,6 +189,63 @@ class StreamOrderRun:
             f"{self.device_ops} device ops simulated, {self.races} races found")
 
 
+class StreamOrderHandle:
+    """What the `streamorder` fixture gives a test: works with and without --streamorder
+    (then `active` is False and the helpers do nothing but run the kernel)."""
+
+    @property
+    def device(self):
+        """The active virtual device, or None."""
+        import sys
+
+        sim = sys.modules.get("pytest_streamorder.sim.device")
+        return sim._active if sim is not None else None
+
+    @property
+    def active(self) -> bool:
+        return self.device is not None
+
+    def name_stream(self, stream, name: str) -> None:
+        """Use `name` for this stream in race reports and traces."""
+        vd = self.device
+        if vd is not None:
+            vd.hb.rename_stream(stream.agent, name)
+            stream.queue.name = name
+
+    def kernel(self, name: str, reads, writes, launch, cpu_impl=None) -> None:
+        """Run a kernel torch cannot see into, declaring what it reads and writes.
+
+        On the virtual device the declared accesses go to the race detector and
+        `cpu_impl(*reads, *writes)` computes it when the stream runs it; elsewhere
+        `launch()` runs the real kernel."""
+        vd = self.device
+        if vd is None:
+            launch()
+            return
+        if cpu_impl is None:
+            raise NotImplementedError(
+                f"kernel {name!r} needs cpu_impl=... to run on the virtual device")
+        from .model import Site
+
+        vd.custom_kernel(name, reads, writes, cpu_impl, Site.here(1))
+
+    @property
+    def schedule(self):
+        vd = self.device
+        return vd.schedule if vd is not None else None
+
+    @property
+    def races(self) -> list:
+        vd = self.device
+        return list(vd.races) if vd is not None else []
+
+
+@pytest.fixture
+def streamorder():
+    """Name streams for reports, declare custom kernels, read the schedule and races."""
+    return StreamOrderHandle()
+
+
 def _parse_token(token: str) -> tuple[str, int]:
     policy, _, seed = token.partition(":")
     if policy not in POLICY_CHOICES[:-1] or not seed.lstrip("-").isdigit():

@@ -197,6 +197,15 @@ class HappensBefore:
     def new_event(self, name: str = "event") -> Event:
         return Event(name)
 
+    def rename_stream(self, stream: Agent, name: str) -> None:
+        """Give a stream the name reports should use."""
+        _check_stream(stream)
+        if name != stream.name and (name in self._stream_names or name == "host"):
+            raise ValueError(f"a stream named {name!r} already exists; stream names must be unique")
+        self._stream_names.discard(stream.name)
+        self._stream_names.add(name)
+        stream.name = name
+
     def streams(self) -> list[Agent]:
         return [a for a in self.agents if not a.is_host]
 
@@ -291,6 +300,10 @@ class HappensBefore:
         _check_stream(stream)
         if alloc.freed:
             raise ValueError(f"record_stream on {alloc.label}, which was already freed")
+        if stream is alloc.stream:
+            # PyTorch ignores it: reuse on the allocation stream is FIFO-ordered anyway. A
+            # fence here would hide a race of the next owner used on another stream.
+            return
         alloc.record_streams.add(stream)
 
     def free(self, alloc: Allocation, site: Site = UNKNOWN_SITE) -> None:

@@ -206,6 +206,22 @@ class VirtualDevice:
         storage = self.allocator.allocate(nbytes, label or _Label(op, dtype, size, site), site)
         return DeviceTensor(storage, size, stride, offset, dtype)
 
+    def custom_kernel(self, name: str, reads, writes, cpu_impl, site: Site) -> None:
+        """A kernel torch cannot see into (Triton, a C++ extension): its reads and writes
+        as declared, and `cpu_impl(*reads, *writes)` run on CPU views when it is scheduled."""
+        for t in list(reads) + list(writes):
+            if not isinstance(t, DeviceTensor):
+                raise TypeError(f"custom kernel {name!r}: {type(t).__name__} is not a virtual CUDA tensor")
+        accesses = [(t._vs.alloc, *t._range, False) for t in reads] + \
+                   [(t._vs.alloc, *t._range, True) for t in writes]
+        refs = [ops.Ref(t) for t in list(reads) + list(writes)]
+
+        def run():
+            with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+                cpu_impl(*[r.view() for r in refs])
+
+        self.launch(name, accesses, site, run)
+
     # --- pinned host memory ---------------------------------------------------------
 
     def register_pinned(self, t: torch.Tensor, site: Site) -> torch.Tensor:

@@ -156,3 +156,43 @@ def test_trace_dir_gets_a_perfetto_trace_and_an_html_timeline(pytester):
     text = page.read_text()
     assert "<svg" in text and "stream-order race on" in text
     assert "http" not in text and "<script" not in text  # self-contained: nothing to fetch
+
+
+FIXTURE_PROGRAM = """
+import torch
+
+def test_fixture(streamorder):
+    assert streamorder.active and streamorder.schedule.policy == "lazy"
+    s = torch.cuda.Stream()
+    streamorder.name_stream(s, "prefill")
+    x = torch.ones(4, device="cuda")
+    out = torch.empty(4, device="cuda")
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        streamorder.kernel("triton_double", reads=[x], writes=[out], launch=None,
+                           cpu_impl=lambda a, o: o.copy_(a * 2))
+    torch.cuda.synchronize()
+    assert out.tolist() == [2.0] * 4
+    assert streamorder.races == []
+"""
+
+
+def test_streamorder_fixture_names_streams_declares_kernels_and_reads_state(pytester):
+    pytester.makepyfile(test_fixture=FIXTURE_PROGRAM)
+    args = ("--streamorder", "--streamorder-policy=lazy", "--streamorder-schedules=1")
+    pytester.runpytest(*args).assert_outcomes(passed=1)
+    pytester.makepyfile(test_fixture=FIXTURE_PROGRAM.replace(
+        "    s.wait_stream(torch.cuda.current_stream())\n", ""))
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*read by stream 'prefill' in triton_double*"])
+
+
+def test_streamorder_fixture_without_the_flag_runs_the_real_launch(pytester):
+    pytester.makepyfile(test_fixture="""
+def test_fixture(streamorder):
+    ran = []
+    streamorder.kernel("k", reads=[], writes=[], launch=lambda: ran.append(1))
+    assert ran == [1] and not streamorder.active and streamorder.races == []
+""")
+    pytester.runpytest().assert_outcomes(passed=1)
