@@ -94,7 +94,8 @@ class StreamOrderRun:
         self.trace_dir = config.getoption("streamorder_trace_dir")
         if self.replay is not None:
             _parse_token(self.replay)  # a bad token is a usage error now, not per test
-        self.tests = self.schedules_run = self.device_ops = self.races = 0
+        self.tests = self.schedules_run = self.device_ops = self.races = 0  # all tests
+        self._ops = self._races = 0  # the test running now
 
     def _base_seed(self, seed: str) -> int:
         cache = getattr(self.config, "cache", None)
@@ -134,10 +135,9 @@ class StreamOrderRun:
         from .sim.device import virtual_device
 
         funcargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-        self.tests += 1
+        self._ops = self._races = 0
         for index, (policy, seed) in enumerate(self.plan(pyfuncitem)):
             vd = virtual_device(seed=seed, policy=policy, max_ops=self.max_ops)
-            self.schedules_run += 1
             try:
                 with vd:
                     pyfuncitem.obj(**funcargs)
@@ -145,9 +145,8 @@ class StreamOrderRun:
                 if isinstance(exc, (pytest.skip.Exception, KeyboardInterrupt)):
                     raise
                 self._count(vd)
-                item_props = pyfuncitem.user_properties
-                item_props.append(("streamorder_failed_schedule", f"{policy}:{seed}"))
-                item_props.append(("streamorder_races", len(vd.races)))
+                self._record(pyfuncitem, index + 1)
+                pyfuncitem.user_properties.append(("streamorder_failed_schedule", f"{policy}:{seed}"))
                 token = f"{policy}:{seed}"
                 where = (f"streamorder: failed on schedule {index + 1} (policy {policy}, seed "
                          f"{seed}); {len(vd.races)} race(s), {vd.ops_issued} device ops.\n"
@@ -160,8 +159,18 @@ class StreamOrderRun:
                     exc.add_note(where)
                 raise
             self._count(vd)
-        pyfuncitem.user_properties.append(("streamorder_schedules", len(self.plan(pyfuncitem))))
+        self._record(pyfuncitem, len(self.plan(pyfuncitem)))
         return True
+
+    def _record(self, item, schedules: int) -> None:
+        """Per-test numbers, as user properties: junitxml shows them, and under xdist
+        they travel with the report to the controller, which sums them up."""
+        item.user_properties += [("streamorder_schedules", schedules),
+                                 ("streamorder_device_ops", self._ops),
+                                 ("streamorder_races", self._races)]
+        item.add_report_section("call", "streamorder",
+                                f"{schedules} schedule(s), {self._ops} device ops, "
+                                f"{self._races} race(s)")
 
     def _write_trace(self, item, funcargs, policy: str, seed: int) -> str:
         """Run the failing schedule again, recording a timeline and every race."""
@@ -179,8 +188,18 @@ class StreamOrderRun:
         return " and ".join(paths)
 
     def _count(self, vd) -> None:
-        self.device_ops += vd.ops_issued
-        self.races += len(vd.races)
+        self._ops += vd.ops_issued
+        self._races += len(vd.races)
+
+    def pytest_runtest_logreport(self, report):
+        if report.when != "call":
+            return
+        props = dict(report.user_properties)
+        if "streamorder_schedules" in props:
+            self.tests += 1
+            self.schedules_run += props["streamorder_schedules"]
+            self.device_ops += props["streamorder_device_ops"]
+            self.races += props["streamorder_races"]
 
     def pytest_terminal_summary(self, terminalreporter):
         terminalreporter.write_sep("-", "streamorder")

@@ -196,3 +196,17 @@ def test_fixture(streamorder):
     assert ran == [1] and not streamorder.active and streamorder.races == []
 """)
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_xdist_gives_the_same_results_and_summary(pytester):
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_broken=BROKEN, test_correct=CORRECT)
+    plain = pytester.runpytest("--streamorder", "--streamorder-seed=7")
+    spread = pytester.runpytest("--streamorder", "--streamorder-seed=7", "-n", "2")
+    plain.assert_outcomes(passed=1, failed=1)
+    spread.assert_outcomes(passed=1, failed=1)
+    for result in (plain, spread):
+        result.stdout.fnmatch_lines([
+            "*--streamorder-replay=random:7 'test_broken.py::test_d2h_not_gated'*",
+            "*2 tests checked, 9 schedules explored, 27 device ops simulated, 1 races found*",
+        ])
