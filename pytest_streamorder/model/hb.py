@@ -211,11 +211,16 @@ class HappensBefore:
 
     # --- the ordering rules -----------------------------------------------------
 
+    def _own(self, stream: Agent) -> None:
+        _check_stream(stream)
+        if stream.id >= len(self.agents) or self.agents[stream.id] is not stream:
+            raise ValueError(f"{stream!r} belongs to another HappensBefore model")
+
     def _enqueue(self, stream: Agent) -> None:
         """The host hands work to a stream: the work is ordered after everything the
         host did or had synced on before this call. The host then starts a new epoch,
         so its later accesses are not mistaken for ones this work saw."""
-        _check_stream(stream)
+        self._own(stream)
         join_into(stream.clock, self.host.clock)
         self.host.clock[self.host.id] += 1
 
@@ -444,5 +449,6 @@ def _fenced(acc: Access, fences: list[VectorClock]) -> bool:
 
 
 def _facts(agent: Agent) -> tuple:
-    """Snapshot what explains a race by this agent: its recent waits."""
-    return tuple(agent.recent_waits)
+    """Snapshot what explains a race by this agent: its recent waits, each with the
+    streams its event had been recorded on by the time the race was found."""
+    return tuple((note, frozenset(note.event.ever_recorded_on)) for note in agent.recent_waits)

@@ -28,9 +28,10 @@ def missing_edge(race: "Race") -> str:
     if dst.is_host:
         if not first.is_write and second.is_write:
             return (
-                f"the host overwrote memory that {what} may not have read yet (e.g. a pinned "
-                f"staging buffer of a non_blocking copy). Synchronize '{src.name}' (or an "
-                f"event recorded after the copy) before writing the buffer again.")
+                f"the host overwrote memory that {first.op} on '{src.name}' (op "
+                f"#{first.count}) may not have read yet, e.g. a pinned staging buffer of a "
+                f"non_blocking copy. Synchronize '{src.name}' (or an event recorded after the "
+                f"copy) before writing the buffer again.")
         return (
             f"the host {_verbed(second)} this before synchronizing with '{src.name}' after "
             f"{what}. Call synchronize() on '{src.name}' or on an event recorded after it, "
@@ -50,18 +51,18 @@ def _wait_hint(race: "Race") -> str:
     """Why the waits the later stream did issue did not order it after the earlier access."""
     first = race.earlier
     src = first.agent
-    for note in reversed(race.facts):
+    for note, recorded_on in reversed(race.facts):
         event = note.event
         if note.recorded_on is src and note.captured_count < first.count:
             return (f"It waited on event '{event.name}', but that event was recorded on "
                     f"'{src.name}' at op #{note.captured_count}, before the {first.kind} "
                     f"(record the event after the access it must fence).")
-        if note.recorded_on is None and src.id in event.ever_recorded_on:
+        if note.recorded_on is None and src.id in recorded_on:
             return (f"It waited on event '{event.name}' before the event was ever recorded; "
                     f"waiting on a never-recorded event is a no-op (issue the wait after the "
                     f"record).")
         if note.recorded_on is not None and note.recorded_on is not src \
-                and src.id in event.ever_recorded_on:
+                and src.id in recorded_on:
             return (f"It waited on event '{event.name}', but at that time the event had been "
                     f"re-recorded on '{note.recorded_on.name}'; re-recording replaces the "
                     f"capture, so the fence on '{src.name}' was gone (use one event per "

@@ -256,7 +256,7 @@ BROKEN = [
                  id="temporary-freed-without-record-stream"),
     pytest.param(pinned_staging_overwritten_before_h2d_ran, "copy_ H2D n", "forward",
                  "fill staging n+1", "host",
-                 ["the host overwrote memory that the read by copy_ H2D n", "pinned staging"],
+                 ["the host overwrote memory that copy_ H2D n on 'forward' (op #1) may not have read yet", "pinned staging"],
                  id="pinned-staging-overwritten-before-h2d-ran"),
     pytest.param(stale_event_on_spec_off_step, "index_put_", "forward", "index_select",
                  "schedule",
