@@ -28,7 +28,11 @@ _SETTINGS = {
     "seed": (str, "0", "STREAMORDER_SEED", "base seed (an int), or 'last' for the last run's"),
     "max_ops": (int, 1_000_000, "STREAMORDER_MAX_OPS",
                 "device ops one schedule may issue before it is stopped with an error"),
+    "backend": (str, "auto", "STREAMORDER_BACKEND",
+                "sim (the virtual device), cuda (a real GPU with the detector and injected "
+                "delays), or auto (cuda when a GPU is present, else sim)"),
 }
+BACKEND_CHOICES = ("auto", "sim", "cuda")
 
 
 def pytest_addoption(parser):
@@ -38,7 +42,8 @@ def pytest_addoption(parser):
     parser.addini("streamorder", "turn --streamorder on", type="bool", default=False)
     for name, (typ, default, env, text) in _SETTINGS.items():
         flag = "--streamorder-" + name.replace("_", "-")
-        kwargs = {"choices": POLICY_CHOICES} if name == "policy" else {}
+        kwargs = {"choices": POLICY_CHOICES} if name == "policy" else \
+            {"choices": BACKEND_CHOICES} if name == "backend" else {}
         group.addoption(flag, dest="streamorder_" + name, default=None, metavar=name.upper(),
                         help=f"{text} (env {env}; ini streamorder_{name}; default {default})",
                         **kwargs)
@@ -89,11 +94,16 @@ class StreamOrderRun:
         if self.schedules < 1:
             raise pytest.UsageError("--streamorder-schedules must be >= 1")
         self.max_ops = _setting(config, "max_ops")
+        self.backend_setting = _setting(config, "backend")
+        if self.backend_setting not in BACKEND_CHOICES:
+            raise pytest.UsageError(f"--streamorder-backend must be one of {BACKEND_CHOICES}, "
+                                    f"got {self.backend_setting!r}")
         self.seed = self._base_seed(_setting(config, "seed"))
         self.replay = config.getoption("streamorder_replay")
         self.trace_dir = config.getoption("streamorder_trace_dir")
         if self.replay is not None:
             _parse_token(self.replay)  # a bad token is a usage error now, not per test
+        self.backend = self._resolve_backend()
         self.tests = self.schedules_run = self.device_ops = self.races = 0  # all tests
         self._ops = self._races = 0  # the test running now
 
@@ -114,7 +124,34 @@ class StreamOrderRun:
     def pytest_report_header(self, config):
         what = f"replay {self.replay}" if self.replay else \
             f"seed={self.seed} policy={self.policy} schedules={self.schedules}"
-        return f"streamorder: virtual CUDA device, {what}"
+        where = "virtual CUDA device" if self.backend == "sim" else "real GPU (cuda backend)"
+        return f"streamorder: {where}, {what}"
+
+    def _resolve_backend(self) -> str:
+        """"sim" or "cuda"; "auto" picks cuda when torch sees a GPU."""
+        choice = self.backend_setting
+        if self.replay is not None:  # a token names its backend: "cuda:7" or "delay:7"
+            choice = "cuda" if _parse_token(self.replay)[0] == "cuda" else "sim"
+        if choice == "sim":
+            return choice
+        import torch
+
+        gpu = torch.cuda.is_available()
+        if choice == "cuda" and not gpu:
+            raise pytest.UsageError("--streamorder-backend=cuda needs a CUDA GPU, and "
+                                    "torch.cuda.is_available() is False here")
+        return "cuda" if gpu else "sim"
+
+    def open_device(self, policy: str, seed: int, **kwargs):
+        """A fresh device context for one schedule, on the chosen backend."""
+        if self.backend == "cuda":
+            from .gpu import cuda_backend
+
+            kwargs.pop("chooser", None)
+            return cuda_backend(seed=seed, max_ops=self.max_ops, **kwargs)
+        from .sim.device import virtual_device
+
+        return virtual_device(seed=seed, policy=policy, max_ops=self.max_ops, **kwargs)
 
     def plan(self, item) -> list[tuple[str, int]]:
         """(policy, seed) of every schedule to run for this test."""
@@ -123,21 +160,28 @@ class StreamOrderRun:
         marker = item.get_closest_marker("streamorder")
         opts = marker.kwargs if marker else {}
         schedules = opts.get("schedules") or self.schedules
-        policy = opts.get("policy") or self.policy
         seed = opts.get("seed", self.seed)
-        policies = MIX if policy == "mix" else (policy,)
+        policies = self.policies(item)
         return [(policies[i % len(policies)], seed + i) for i in range(schedules)]
+
+    def policies(self, item) -> tuple[str, ...]:
+        """The policies this test's schedules cycle through."""
+        if self.backend == "cuda":
+            return ("cuda",)  # one kind of run: real streams, delays injected per seed
+        marker = item.get_closest_marker("streamorder")
+        policy = (marker.kwargs.get("policy") if marker else None) or self.policy
+        return MIX if policy == "mix" else (policy,)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pyfunc_call(self, pyfuncitem):
         if pyfuncitem.get_closest_marker("no_streamorder"):
             return None
-        from .sim.device import virtual_device
-
         funcargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
         self._ops = self._races = 0
+        if getattr(getattr(pyfuncitem.obj, "hypothesis", None), "inner_test", None) is not None:
+            return self._run_hypothesis_test(pyfuncitem, funcargs)
         for index, (policy, seed) in enumerate(self.plan(pyfuncitem)):
-            vd = virtual_device(seed=seed, policy=policy, max_ops=self.max_ops)
+            vd = self.open_device(policy, seed)
             try:
                 with vd:
                     pyfuncitem.obj(**funcargs)
@@ -152,7 +196,7 @@ class StreamOrderRun:
                          f"{seed}); {len(vd.races)} race(s), {vd.ops_issued} device ops.\n"
                          f"replay: pytest --streamorder --streamorder-replay={token} "
                          f"'{pyfuncitem.nodeid}'")
-                if self.trace_dir:
+                if self.trace_dir and self.backend == "sim":
                     where += "\ntrace: " + self._write_trace(pyfuncitem, funcargs, policy, seed)
                 pyfuncitem.add_report_section("call", "streamorder", where)
                 if hasattr(exc, "add_note"):
@@ -160,6 +204,68 @@ class StreamOrderRun:
                 raise
             self._count(vd)
         self._record(pyfuncitem, len(self.plan(pyfuncitem)))
+        return True
+
+    def _run_hypothesis_test(self, item, funcargs) -> bool:
+        """A @given test: every example gets its own device, and (on the virtual device)
+        its policy and every scheduling choice are drawn from the example's own data, so
+        a failing schedule shrinks with the example and replays from Hypothesis' database.
+        The deadline is lifted while it runs (the virtual device is slower than a GPU,
+        and a timing-dependent deadline would make the test flaky)."""
+        from hypothesis import HealthCheck, settings
+        from hypothesis.control import current_build_context
+
+        from .strategies import HypothesisChooser
+
+        handle = item.obj.hypothesis
+        inner = handle.inner_test
+        policies = self.policies(item)
+        marker = item.get_closest_marker("streamorder")
+        seed = (marker.kwargs.get("seed") if marker else None)
+        seed = self.seed if seed is None else seed
+        examples = []
+
+        def run_example(*args, **kwargs):
+            __tracebackhide__ = True
+            data = current_build_context().data
+            if getattr(data, "max_choices", None) == 0:
+                # An explicit @example: its data has nothing to draw from; seeded schedule.
+                chooser, policy = None, policies[0]
+            else:
+                chooser = HypothesisChooser(data)
+                policy = policies[chooser.choose(len(policies))]
+            device = self.open_device(policy, seed, chooser=chooser)
+            device.hypothesis_example = True  # strategies.OverlapRunner may use it
+            examples.append(device)
+            try:
+                with device:
+                    inner(*args, **kwargs)
+            finally:
+                self._count(device)
+
+        parent = getattr(item.obj, "_hypothesis_internal_use_settings", None) or settings.default
+        health = set(parent.suppress_health_check) | {HealthCheck.too_slow,
+                                                      HealthCheck.data_too_large}
+        item.obj._hypothesis_internal_use_settings = settings(
+            parent, deadline=None, suppress_health_check=sorted(health, key=lambda h: h.value))
+        handle.inner_test = run_example
+        try:
+            item.obj(**funcargs)
+        except BaseException as exc:
+            if not isinstance(exc, (pytest.skip.Exception, KeyboardInterrupt)):
+                last = examples[-1] if examples else None
+                where = (f"streamorder: failed in a Hypothesis example ({len(examples)} run, the "
+                         f"last on policy {getattr(last, 'policy', '?')}); Hypothesis shrank it "
+                         "with its schedule and replays it from its database: run the same "
+                         f"command again, e.g. pytest --streamorder '{item.nodeid}'")
+                item.add_report_section("call", "streamorder", where)
+                item.user_properties.append(("streamorder_failed_schedule", "hypothesis"))
+                self._record(item, len(examples))
+            raise
+        finally:
+            handle.inner_test = inner
+            item.obj._hypothesis_internal_use_settings = parent
+        self._record(item, len(examples))
         return True
 
     def _record(self, item, schedules: int) -> None:
@@ -267,7 +373,7 @@ def streamorder():
 
 def _parse_token(token: str) -> tuple[str, int]:
     policy, _, seed = token.partition(":")
-    if policy not in POLICY_CHOICES[:-1] or not seed.lstrip("-").isdigit():
+    if policy not in POLICY_CHOICES[:-1] + ("cuda",) or not seed.lstrip("-").isdigit():
         raise pytest.UsageError(
             f"--streamorder-replay takes the token a failure printed, e.g. 'delay:3'; got {token!r}")
     return policy, int(seed)

@@ -210,3 +210,80 @@ def test_xdist_gives_the_same_results_and_summary(pytester):
             "*--streamorder-replay=random:7 'test_broken.py::test_d2h_not_gated'*",
             "*2 tests checked, 9 schedules explored, 27 device ops simulated, 1 races found*",
         ])
+
+
+HYPOTHESIS_BROKEN = """
+import torch
+from hypothesis import given, strategies as st
+
+@given(st.integers(1, 8))
+def test_gate_only_small_batches(n):
+    fwd, d2h = torch.cuda.Stream(), torch.cuda.Stream()
+    buf = torch.zeros(n, dtype=torch.int64, device="cuda")
+    pinned = torch.empty(n, dtype=torch.int64, pin_memory=True)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(fwd):
+        buf.add_(7)
+    if n < 3:                              # the bug: large batches skip the wait
+        d2h.wait_stream(fwd)
+    with torch.cuda.stream(d2h):
+        pinned.copy_(buf, non_blocking=True)
+    d2h.synchronize()
+    assert pinned.tolist() == [7] * n
+"""
+
+
+def test_hypothesis_examples_each_get_a_device_and_the_failure_shrinks(pytester):
+    pytester.makepyfile(test_hyp=HYPOTHESIS_BROKEN)
+    result = pytester.runpytest("--streamorder", "-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "Flaky" not in out
+    result.stdout.fnmatch_lines([
+        "*StreamRaceError*",
+        "*n=3*",  # shrunk to the smallest batch that skips the wait
+        "*streamorder: failed in a Hypothesis example*",
+    ])
+
+
+def test_hypothesis_examples_are_counted_as_schedules(pytester):
+    pytester.makepyfile(test_hyp=HYPOTHESIS_BROKEN.replace("if n < 3:", "if True:"))
+    result = pytester.runpytest("--streamorder", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    line = result.stdout.str().split("1 tests checked, ")[1].split(" schedules")[0]
+    assert int(line) >= 20, line  # one virtual device per example, not one per test
+
+
+def test_inside_a_hypothesis_example_the_schedule_is_drawn_from_its_data(pytester):
+    pytester.makepyfile(test_hyp="""
+import torch
+from hypothesis import given, settings, strategies as st
+from pytest_streamorder.strategies import HypothesisChooser
+seen = set()
+
+@settings(max_examples=30)
+@given(st.integers(0, 3))
+def test_each_example_has_its_own_device(n):
+    import pytest_streamorder.sim.device as dev
+    vd = dev._active
+    assert vd is not None and vd.hypothesis_example
+    assert isinstance(vd.chooser, HypothesisChooser)
+    seen.add(id(vd))
+    torch.ones(2, device="cuda").add_(n).tolist()
+
+def test_after():
+    assert len(seen) >= 30
+""")
+    result = pytester.runpytest("--streamorder", "-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def test_backend_option(pytester):
+    pytester.makepyfile(test_correct=CORRECT)
+    result = pytester.runpytest("--streamorder", "--streamorder-backend=sim")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["streamorder: virtual CUDA device, *"])
+    if not torch.cuda.is_available():
+        result = pytester.runpytest("--streamorder", "--streamorder-backend=cuda")
+        assert result.ret != 0
+        result.stderr.fnmatch_lines(["*--streamorder-backend=cuda needs a CUDA GPU*"])
