@@ -82,6 +82,9 @@ class VirtualDevice:
             self.scheduler.timeline = []
         self.allocator = CachingAllocator(self)
         self.ops_issued = 0
+        # Per-op virtual cost: None gives every op the scheduler's DEFAULT_OP_NS; else a
+        # callable (op name, accesses) -> ns, e.g. pytest_streamorder.benchmarking.CostModel.
+        self.cost_model = None
         self.race_times_ns: list[int] = []  # host virtual time when each race was found
         self.active = False
         self._handles = itertools.count(0x1000, 0x10)
@@ -196,7 +199,8 @@ class VirtualDevice:
         stream = stream or self.current_stream
         self._count_op(name)
         self.hb.launch(stream.agent, name, accesses, site)
-        item = Item(name, run)
+        item = Item(name, run) if self.cost_model is None else \
+            Item(name, run, cost_ns=int(self.cost_model(name, accesses)))
         item.op_count = stream.agent.clock[stream.agent.id]
         self.scheduler.enqueue(stream.queue, item)
 

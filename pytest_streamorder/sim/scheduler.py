@@ -123,6 +123,8 @@ class Scheduler:
         self.steps = 0  # items run so far
         self.host_time_ns = 0
         self.host_blocked_ns = 0
+        self.host_syncs = 0  # syncs the host made (run_until calls), whether they blocked or not
+        self.launch_ns = LAUNCH_NS  # host virtual time per enqueue (a cost model may change it)
         # When set to a list: what ran when, for a timeline (see pytest_streamorder/timeline.py):
         # ("item", stream, item, start_ns) and ("host", label, start_ns, end_ns).
         self.timeline: list | None = None
@@ -147,7 +149,7 @@ class Scheduler:
 
     def enqueue(self, stream: StreamQueue, item: Item) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        self.host_time_ns += LAUNCH_NS
+        self.host_time_ns += self.launch_ns
         item.issued_ns = self.host_time_ns
         stream.queue.append(item)
         self._point()
@@ -159,6 +161,7 @@ class Scheduler:
         """Block the host until `done()`; items run in policy order meanwhile. The host's
         virtual clock then moves to `finish_ns()` if that is later: time spent blocked."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        self.host_syncs += 1
         while not done():
             self._step_forced(target)
         blocked = finish_ns() - self.host_time_ns
