@@ -325,6 +325,7 @@ class CudaBackend:
         self._py_events = weakref.WeakKeyDictionary()  # torch.cuda.Event -> model Event
         self._live: dict = {}  # device storage address -> Allocation
         self._pinned: dict = {}  # pinned host storage address -> Allocation
+        self._pinned_keep: list = []  # their storages, alive until the context ends
         self._in_op = False
         self._pending: list | None = None  # trace callbacks seen while an op ran
         self._synced_in_op = False
@@ -438,6 +439,7 @@ class CudaBackend:
             for owner, name, original in reversed(self._patches):
                 setattr(owner, name, original)
             self._patches.clear()
+            self._pinned_keep.clear()
             if _active is self:
                 _active = None
 
@@ -676,14 +678,12 @@ class CudaBackend:
         storage = t.untyped_storage()
         alloc = self.hb.allocate(storage.nbytes(), _Label("pinned", t, site), site, space="host")
         self._pinned[base] = alloc
-        weakref.finalize(storage, self._unpin, base, alloc)
+        # Keep the pinned storage until the context ends, so that its address names it
+        # for the whole run (the host allocator cannot hand the block to another tensor
+        # under the same key). A weakref finalizer on pinned storages crashed the
+        # garbage collector with torch 2.11 on an H100.
+        self._pinned_keep.append(storage)
         return alloc
-
-    def _unpin(self, base: int, alloc) -> None:
-        if self._pinned.get(base) is alloc:
-            del self._pinned[base]
-            if self.active:
-                self.hb.free(alloc)
 
     def _pinned_of(self, t: torch.Tensor, site: Site):
         """The model allocation of a pinned host tensor (registered on first sight), or

@@ -55,7 +55,7 @@ def test_first_race_raises():
     ("host_reads_pinned_before_sync", "the host read"),
     ("pinned_staging_overwritten", "the host overwrote"),
     ("freed_without_record_stream", "record_stream"),
-    ("wait_before_record", "never recorded"),
+    ("wait_before_record", "before the event was ever recorded"),
     ("event_rerecorded_other_stream", "re-recorded"),
     ("event_recorded_before_write", "recorded on"),
 ])
@@ -151,8 +151,7 @@ def test_custom_kernel_accesses():
         side = torch.cuda.Stream()
         with torch.cuda.stream(side):
             be.custom_kernel("my_triton_kernel", reads=[], writes=[buf], cpu_impl=None,
-                             site=None)
-            buf.add_(1)  # stands for the kernel itself
+                             site=None)  # the real launch would follow here
         out = buf * 2  # default stream: never waited for side
         torch.cuda.synchronize()
         del out

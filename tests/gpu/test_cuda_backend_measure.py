@@ -318,6 +318,8 @@ def main(argv=None) -> int:
     p.add_argument("--csan-child", action="store_true")
     p.add_argument("--skip", default="", help="comma list: detection,overhead,csan,manifestation")
     args = p.parse_args(argv)
+    import faulthandler
+    faulthandler.enable()
     if args.csan_child:
         print("CSAN_JSON " + json.dumps(csan_child(args.iters)), flush=True)
         return 0
