@@ -7,9 +7,12 @@ Loading it stays cheap: nothing here imports torch until a test actually runs un
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
+
+from .benchmarking import stream_benchmark  # noqa: F401  (a fixture: pytest-benchmark for stream code)
 
 DEFAULT_SCHEDULES = 8
 # Schedules cycle through these: each finds stale values that the others can miss
@@ -225,6 +228,7 @@ class StreamOrderRun:
         seed = self.seed if seed is None else seed
         examples = []
 
+        @functools.wraps(inner)  # Hypothesis prints the test's name in "Falsifying example"
         def run_example(*args, **kwargs):
             __tracebackhide__ = True
             data = current_build_context().data

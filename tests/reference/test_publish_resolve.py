@@ -9,7 +9,10 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
 
+from pytest_streamorder.strategies import overlap_programs
+from pytest_streamorder.strategies import run_program as run_overlap_program
 from reference_impl.overlap_loop import OverlapLoop
 
 POOL = 16
@@ -66,3 +69,14 @@ def test_same_slot_every_step():
         assert result.seq_lens_cpu == [1 + 2 * step]
     for result in loop.synchronize():
         result.check()
+
+
+@settings(max_examples=40, deadline=None)
+@given(program=overlap_programs(8, max_ops=16))
+def test_generated_programs_resolve_fresh_lengths(program):
+    """Hypothesis draws the program (batches, idle-DP, spec on/off, slot reuse, the same
+    slot in consecutive steps); under --streamorder each example runs on its own virtual
+    device with its schedule drawn from the example, so a failure shrinks to a few steps."""
+    cuda_or_skip()
+    run_overlap_program(program, future_map_cls="reference_impl.future_map:FutureMap",
+                        device="auto")
