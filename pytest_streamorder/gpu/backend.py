@@ -47,6 +47,12 @@ T = torch.Tensor
 _perf = time.perf_counter
 
 STACK_DEPTH = 10
+# Debugging switches (comma list in STREAMORDER_CUDA_DEBUG), used to bisect crashes:
+# flocals: name streams/events by scanning the user's frame locals (off: by the source
+# line that created them); weakevents: weak map of torch.cuda.Event objects; evdelete:
+# the event-deletion trace callback; nofree: no allocator-free callback; nofunction: no
+# host-access function mode; nocallbacks: no GPU trace callbacks at all.
+_DEBUG = frozenset(filter(None, os.environ.get("STREAMORDER_CUDA_DEBUG", "").split(",")))
 _active: "CudaBackend | None" = None
 
 # Measured once per process: torch.cuda._sleep cycles per millisecond on this GPU.
@@ -322,7 +328,10 @@ class CudaBackend:
         self._by_sid: dict = {}  # stream id (torch) -> Agent
         self._by_ptr: dict = {}  # cudaStream_t -> Agent
         self._events: dict = {}  # cudaEvent_t -> model Event
-        self._py_events = weakref.WeakKeyDictionary()  # torch.cuda.Event -> model Event
+        # id(torch.cuda.Event) -> (the event, its model Event); strong, so ids stay unique
+        self._py_events = weakref.WeakKeyDictionary() if "weakevents" in _DEBUG else {}
+        self._event_names: dict = {}  # id(torch.cuda.Event) -> (event, name from source)
+        self._stream_names: dict = {}  # cudaStream_t -> name from the creating line
         self._live: dict = {}  # device storage address -> Allocation
         self._pinned: dict = {}  # pinned host storage address -> Allocation
         self._pinned_keep: list = []  # their storages, alive until the context ends
@@ -403,24 +412,32 @@ class CudaBackend:
         import torch.cuda._gpu_trace as gpu_trace
 
         torch._C._activate_gpu_trace()  # idempotent; PyTorch has no way to switch it off
-        for registry, cb in (
+        callbacks = [
             (gpu_trace.EventRecordCallbacks, self._cb_record),
             (gpu_trace.EventWaitCallbacks, self._cb_wait),
-            (gpu_trace.EventDeletionCallbacks, self._cb_event_deleted),
-            (gpu_trace.MemoryDeallocationCallbacks, self._cb_free),
             (gpu_trace.StreamSynchronizationCallbacks, self._cb_sync_stream),
             (gpu_trace.EventSynchronizationCallbacks, self._cb_sync_event),
             (gpu_trace.DeviceSynchronizationCallbacks, self._cb_sync_device),
-        ):
+        ]
+        if "nofree" not in _DEBUG:
+            callbacks.append((gpu_trace.MemoryDeallocationCallbacks, self._cb_free))
+        if "evdelete" in _DEBUG:
+            # Not needed: a CUDA event is created at its first record, so a reused handle
+            # is always recorded (replacing the capture) before anything waits on it.
+            callbacks.append((gpu_trace.EventDeletionCallbacks, self._cb_event_deleted))
+        if "nocallbacks" in _DEBUG:
+            callbacks = []
+        for registry, cb in callbacks:
             registry.callback_list.append(cb)
             self._callbacks.append((registry, cb))
         self._patch_torch()
         dispatch = _DispatchMode(self)
         dispatch.__enter__()
         self._modes.append(dispatch)
-        function = _FunctionMode(self)
-        function.__enter__()
-        self._modes.append(function)
+        if "nofunction" not in _DEBUG:
+            function = _FunctionMode(self)
+            function.__enter__()
+            self._modes.append(function)
 
     def _teardown(self) -> None:
         global _active
@@ -447,8 +464,11 @@ class CudaBackend:
 
     def _patch(self, owner, name, make) -> None:
         original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-        wrapper = make(original)
-        functools.update_wrapper(wrapper, original)
+        if isinstance(original, staticmethod):
+            wrapper = staticmethod(functools.wraps(original.__func__)(make(original.__func__)))
+        else:
+            wrapper = make(original)
+            functools.update_wrapper(wrapper, original)
         self._patches.append((owner, name, original))
         setattr(owner, name, wrapper)
 
@@ -516,6 +536,20 @@ class CudaBackend:
                 return result
             return empty_cache
 
+        def new(orig):
+            def __new__(cls, *args, **kwargs):
+                obj = orig(cls, *args, **kwargs)
+                if be.active and "stream_id" not in kwargs:
+                    try:
+                        be._named_at_creation(obj, Site.here(1, be.depth))
+                    except Exception:  # naming is best effort
+                        pass
+                return obj
+            return __new__
+
+        if "flocals" not in _DEBUG:
+            self._patch(Event, "__new__", new)
+            self._patch(Stream, "__new__", new)
         self._patch(Event, "record", record)
         self._patch(Event, "wait", wait)
         self._patch(Event, "query", event_query)
@@ -530,10 +564,12 @@ class CudaBackend:
     def _new_agent(self, ptr: int):
         if ptr == 0:
             base = "default"
-        else:
+        elif "flocals" in _DEBUG:
             base = _name_in_frame(
                 lambda v: isinstance(v, torch.cuda.Stream) and v.cuda_stream == ptr) \
                 or f"stream#{len(self._by_ptr)}"
+        else:
+            base = self._stream_names.get(ptr) or f"stream#{len(self._by_ptr)}"
         name, n = base, 1
         while name in self.hb._stream_names or name == "host":
             n += 1
@@ -565,26 +601,46 @@ class CudaBackend:
 
     def _py_event(self, py):
         """The model event of a torch.cuda.Event object (made on first use)."""
-        try:
-            ev = self._py_events.get(py)
-        except TypeError:
-            ev = None
-        if ev is None:
+        if isinstance(self._py_events, dict):
+            hit = self._py_events.get(id(py))
+            if hit is not None:
+                return hit[1]
             ev = self.hb.new_event(self._event_name(py, 0))
-            try:
-                self._py_events[py] = ev
-            except TypeError:
-                pass
+            self._py_events[id(py)] = (py, ev)
+            return ev
+        ev = self._py_events.get(py)
+        if ev is None:
+            ev = self._py_events[py] = self.hb.new_event(self._event_name(py, 0))
         return ev
 
     def _event_name(self, py, ptr: int) -> str:
-        if py is not None:
-            name = _name_in_frame(lambda v: v is py)
-        else:
-            name = _name_in_frame(
-                lambda v: isinstance(v, torch.cuda.Event) and ptr and v.cuda_event == ptr)
+        name = None
+        if "flocals" in _DEBUG:
+            if py is not None:
+                name = _name_in_frame(lambda v: v is py)
+            else:
+                name = _name_in_frame(
+                    lambda v: isinstance(v, torch.cuda.Event) and ptr and v.cuda_event == ptr)
+        elif py is not None:
+            hit = self._event_names.get(id(py))
+            name = hit[1] if hit is not None else None
         self._n_events += 1
         return name or f"event#{self._n_events}"
+
+    def _named_at_creation(self, obj, site: Site) -> None:
+        """A torch.cuda.Stream/Event made in the run: its name from the creating line."""
+        from ..sim.streams import name_from_source
+
+        user = _user_frames(site)
+        name = name_from_source(Site(user), "") if user else ""
+        if isinstance(obj, torch.cuda.Event):
+            self._event_names[id(obj)] = (obj, name or None)
+        elif name:
+            ptr = obj.cuda_stream
+            self._stream_names[ptr] = name
+            agent = self._by_ptr.get(ptr)
+            if agent is not None and agent.name != name and name not in self.hb._stream_names:
+                self.hb.rename_stream(agent, name)
 
     def _event_by_ptr(self, ptr: int):
         ev = self._events.get(ptr)

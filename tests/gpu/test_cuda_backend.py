@@ -96,14 +96,16 @@ def test_torch_is_restored_exactly():
     before = ([list(r.callback_list) for r in registries], torch._C._len_torch_dispatch_stack(),
               torch._C._len_torch_function_stack(), torch.cuda.Event.record, torch.cuda.Event.wait,
               torch.cuda.Event.query, torch.cuda.Stream.query, torch.cuda.synchronize,
-              torch.cuda.Event.synchronize, torch.cuda.Stream.synchronize, torch.cuda.empty_cache)
+              torch.cuda.Event.synchronize, torch.cuda.Stream.synchronize, torch.cuda.empty_cache,
+              torch.cuda.Event.__dict__["__new__"], torch.cuda.Stream.__dict__["__new__"])
     with _backend(seed=0, raise_on_race=False):
         programs.query_polling()
         assert torch._C._len_torch_dispatch_stack() == before[1] + 1
     after = ([list(r.callback_list) for r in registries], torch._C._len_torch_dispatch_stack(),
              torch._C._len_torch_function_stack(), torch.cuda.Event.record, torch.cuda.Event.wait,
              torch.cuda.Event.query, torch.cuda.Stream.query, torch.cuda.synchronize,
-             torch.cuda.Event.synchronize, torch.cuda.Stream.synchronize, torch.cuda.empty_cache)
+             torch.cuda.Event.synchronize, torch.cuda.Stream.synchronize, torch.cuda.empty_cache,
+             torch.cuda.Event.__dict__["__new__"], torch.cuda.Stream.__dict__["__new__"])
     assert after == before
     # also after an exception inside the context
     with pytest.raises(ZeroDivisionError):

@@ -259,6 +259,71 @@ def diagnostics() -> list[str]:
     return log
 
 
+# --- crash bisection: each configuration in its own process ------------------------------
+
+BISECT_CONFIGS = ["", "flocals", "weakevents,evdelete", "nofunction", "nofree",
+                  "nofree,nofunction,nocallbacks", "TORCHONLY"]
+
+
+def bisect_child(torch_only: bool, rounds: int = 3) -> None:
+    import gc
+
+    if torch_only:  # a do-nothing dispatch mode and do-nothing trace callbacks
+        import torch.cuda._gpu_trace as gpu_trace
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                return func(*args, **(kwargs or {}))
+
+        torch._C._activate_gpu_trace()
+        for n in dir(gpu_trace):
+            if n.endswith("Callbacks"):
+                getattr(gpu_trace, n).callback_list.append(lambda *a: None)
+        for r in range(rounds):
+            for name, kind, fn in all_programs():
+                with Mode():
+                    fn()
+                gc.collect()
+    else:
+        from pytest_streamorder.gpu import cuda_backend
+
+        for r in range(rounds):
+            for name, kind, fn in all_programs():
+                with cuda_backend(seed=r, raise_on_race=False):
+                    fn()
+                gc.collect()
+        with cuda_backend(seed=0, delay_probability=0):
+            workload(200)
+        gc.collect()
+    print("BISECT_OK", flush=True)
+
+
+def bisect(out_dir: str) -> str:
+    results = {}
+    for cfg in BISECT_CONFIGS:
+        env = dict(os.environ, STREAMORDER_CUDA_DEBUG="" if cfg == "TORCHONLY" else cfg)
+        cmd = [sys.executable, os.path.abspath(__file__), "--bisect-child"]
+        if cfg == "TORCHONLY":
+            cmd.append("--torch-only")
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+            results[cfg] = {"rc": p.returncode, "ok": "BISECT_OK" in p.stdout,
+                            "s": time.perf_counter() - t0, "tail": (p.stdout + p.stderr)[-1500:]}
+        except subprocess.TimeoutExpired:
+            results[cfg] = {"rc": None, "ok": False, "tail": "timeout"}
+        print(f"bisect {cfg or 'default'!r}: rc={results[cfg]['rc']} ok={results[cfg]['ok']}",
+              flush=True)
+    with open(os.path.join(out_dir, "bisect.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    for cfg in ["", "weakevents,evdelete", "flocals", "nofunction", "nofree",
+                "nofree,nofunction,nocallbacks"]:
+        if results[cfg]["ok"]:
+            return cfg
+    return ""
+
+
 # --- the report ---------------------------------------------------------------------------
 
 def markdown(res: dict) -> str:
@@ -316,10 +381,23 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=1000)
     p.add_argument("--diag", action="store_true")
     p.add_argument("--csan-child", action="store_true")
+    p.add_argument("--bisect", action="store_true", help="find a configuration that does not "
+                   "crash, write it to OUT/config.txt, and stop")
+    p.add_argument("--bisect-child", action="store_true")
+    p.add_argument("--torch-only", action="store_true")
     p.add_argument("--skip", default="", help="comma list: detection,overhead,csan,manifestation")
     args = p.parse_args(argv)
     import faulthandler
     faulthandler.enable()
+    if args.bisect_child:
+        bisect_child(args.torch_only)
+        return 0
+    if args.bisect:
+        os.makedirs(args.out, exist_ok=True)
+        cfg = bisect(args.out)
+        with open(os.path.join(args.out, "config.txt"), "w") as f:
+            f.write(cfg)
+        return 0
     if args.csan_child:
         print("CSAN_JSON " + json.dumps(csan_child(args.iters)), flush=True)
         return 0
