@@ -736,8 +736,9 @@ class CudaBackend:
         self._pinned[base] = alloc
         # Keep the pinned storage until the context ends, so that its address names it
         # for the whole run (the host allocator cannot hand the block to another tensor
-        # under the same key). A weakref finalizer on pinned storages crashed the
-        # garbage collector with torch 2.11 on an H100.
+        # under the same key). No weakref finalizer: early versions with one (and with a
+        # frame-locals scan and a weak event map) crashed in the garbage collector on
+        # torch 2.11; the cause was not isolated, this configuration did not crash.
         self._pinned_keep.append(storage)
         return alloc
 
@@ -848,6 +849,11 @@ class CudaBackend:
                         undeclared_views += 1  # a view the schema does not declare
                         continue
                     alloc = self._live.get(base)
+                    if alloc is not None and stop > alloc.nbytes:
+                        # a stale entry (its free was not traced): the block is new memory
+                        self._live.pop(base)
+                        self.hb.free(alloc, site)
+                        alloc = None
                     if alloc is None:
                         alloc = self._allocate(o, base, agent, site, plan.name)
                     accesses.append((alloc, start, stop, True))
