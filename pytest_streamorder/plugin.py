@@ -324,11 +324,14 @@ class StreamOrderHandle:
 
     @property
     def device(self):
-        """The active virtual device, or None."""
+        """The active virtual device or real-GPU backend, or None."""
         import sys
 
         sim = sys.modules.get("pytest_streamorder.sim.device")
-        return sim._active if sim is not None else None
+        if sim is not None and sim._active is not None:
+            return sim._active
+        gpu = sys.modules.get("pytest_streamorder.gpu.backend")
+        return gpu.active_backend() if gpu is not None else None
 
     @property
     def active(self) -> bool:
@@ -336,27 +339,29 @@ class StreamOrderHandle:
 
     def name_stream(self, stream, name: str) -> None:
         """Use `name` for this stream in race reports and traces."""
-        vd = self.device
-        if vd is not None:
-            vd.hb.rename_stream(stream.agent, name)
-            stream.queue.name = name
+        device = self.device
+        if device is not None:
+            device.name_stream(stream, name)
 
     def kernel(self, name: str, reads, writes, launch, cpu_impl=None) -> None:
         """Run a kernel torch cannot see into, declaring what it reads and writes.
 
-        On the virtual device the declared accesses go to the race detector and
-        `cpu_impl(*reads, *writes)` computes it when the stream runs it; elsewhere
-        `launch()` runs the real kernel."""
-        vd = self.device
-        if vd is None:
-            launch()
-            return
-        if cpu_impl is None:
-            raise NotImplementedError(
-                f"kernel {name!r} needs cpu_impl=... to run on the virtual device")
+        The declared accesses go to the race detector. On the virtual device
+        `cpu_impl(*reads, *writes)` computes the kernel when its stream runs it; on a
+        real GPU (and without --streamorder) `launch()` runs the real kernel."""
         from .model import Site
 
-        vd.custom_kernel(name, reads, writes, cpu_impl, Site.here(1))
+        device = self.device
+        if device is None:
+            launch()
+        elif getattr(device, "is_virtual", False):
+            if cpu_impl is None:
+                raise NotImplementedError(
+                    f"kernel {name!r} needs cpu_impl=... to run on the virtual device")
+            device.custom_kernel(name, reads, writes, cpu_impl, Site.here(1))
+        else:
+            device.custom_kernel(name, reads, writes, site=Site.here(1))
+            launch()
 
     @property
     def schedule(self):

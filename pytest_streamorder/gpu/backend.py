@@ -309,6 +309,8 @@ def _func_name(func) -> str:
 class CudaBackend:
     """One run of a program on the real GPU with the detector attached."""
 
+    is_virtual = False
+
     def __init__(self, seed: int | None = 0, raise_on_race: bool = True, max_ops: int | None = None,
                  delay_probability: float = DEFAULT_SITE_PROBABILITY,
                  fire_probability: float = DEFAULT_FIRE_PROBABILITY,
@@ -915,6 +917,10 @@ class CudaBackend:
         if alloc is not None:
             start, stop = byte_range(t)
             self.hb.host_access(op, [(alloc, start, stop, is_write)], site or Site.here(1, self.depth))
+
+    def name_stream(self, stream, name: str) -> None:
+        """Use `name` for this stream in race reports."""
+        self.hb.rename_stream(self._agent_of_stream(stream), name)
 
     # --- custom kernels ---------------------------------------------------------------
 

@@ -60,6 +60,8 @@ def active_device(what: str) -> "VirtualDevice":
 class VirtualDevice:
     """One run of a program on the virtual device. Use via `virtual_device(...)`."""
 
+    is_virtual = True  # the real-GPU backend says False
+
     def __init__(self, seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
                  raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS,
                  chooser: Chooser | None = None, record_timeline: bool = False):
@@ -166,6 +168,11 @@ class VirtualDevice:
         n = self._stream_names.get(base, 0)
         self._stream_names[base] = n + 1
         return base if n == 0 else f"{base}#{n + 1}"
+
+    def name_stream(self, stream: VirtualStream, name: str) -> None:
+        """Use `name` for this stream in race reports and traces."""
+        self.hb.rename_stream(stream.agent, name)
+        stream.queue.name = name
 
     def sync_stream(self, stream: VirtualStream) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
