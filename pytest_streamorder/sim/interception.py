@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..model import Site
 from . import ops
-from .tensor import DeviceTensor, Twin
+from .tensor import DeviceTensor, Twin, extent
 
 if TYPE_CHECKING:
     from .device import VirtualDevice
@@ -396,6 +396,9 @@ def _inplace_view(vd, func, args, kwargs):
     size, stride, offset, _dtype = ops.output_layouts(func, args, kwargs)[0]
     with torch.utils._mode_utils.no_dispatch():
         aten.as_strided_.default(self, size, stride, offset)
+    # Queued work reads these, not torch's metadata: keep them in step.
+    self._layout = (tuple(size), tuple(stride), offset)
+    self._range = extent(size, stride, offset, self.dtype.itemsize)
     return self
 
 

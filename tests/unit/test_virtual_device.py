@@ -765,8 +765,6 @@ def test_streams_need_an_active_device():
 
 # --- known sim bugs: tests that demonstrate them ------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="sim bug: in-place view ops (t_, as_strided_, ...) do "
-                   "not update DeviceTensor._layout/_range (interception._inplace_view)")
 def test_inplace_view_ops_update_the_layout(eager):
     x = torch.arange(6, device="cuda").view(2, 3)
     x.t_()
@@ -774,12 +772,26 @@ def test_inplace_view_ops_update_the_layout(eager):
     assert x.tolist() == [[0, 3], [1, 4], [2, 5]]
 
 
-@pytest.mark.xfail(strict=True, reason="sim bug: as_strided_ narrows a tensor but its race "
-                   "range and layout stay those of the old view")
 def test_as_strided_inplace_values(eager):
     z = torch.arange(8, device="cuda")
     z.as_strided_((2,), (1,), 4)
     assert z.tolist() == [4, 5]
+
+
+def test_as_strided_inplace_narrows_the_race_range(lazy):
+    """After as_strided_ the tensor touches only its new bytes: a write to the rest of the
+    buffer on another stream is no race, a write to its bytes is."""
+    buf = torch.zeros(8, dtype=I64, device="cuda")
+    head, tail = buf[:4], buf.view(-1)
+    tail.as_strided_((4,), (1,), 4)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        tail.fill_(1)
+    head.fill_(2)  # default stream, bytes [0, 32): disjoint from tail's [32, 64)
+    assert not lazy.races
+    buf[4:].fill_(3)  # default stream, the bytes side wrote without a wait
+    assert len(lazy.races) == 1
 
 
 @pytest.mark.xfail(strict=True, reason="sim false alarm: index_put_ with zero indices writes "
