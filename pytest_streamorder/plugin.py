@@ -183,7 +183,8 @@ class StreamOrderRun:
         self._ops = self._races = 0
         if getattr(getattr(pyfuncitem.obj, "hypothesis", None), "inner_test", None) is not None:
             return self._run_hypothesis_test(pyfuncitem, funcargs)
-        for index, (policy, seed) in enumerate(self.plan(pyfuncitem)):
+        plan = self.plan(pyfuncitem)
+        for index, (policy, seed) in enumerate(plan):
             vd = self.open_device(policy, seed)
             try:
                 with vd:
@@ -206,7 +207,7 @@ class StreamOrderRun:
                     exc.add_note(where)
                 raise
             self._count(vd)
-        self._record(pyfuncitem, len(self.plan(pyfuncitem)))
+        self._record(pyfuncitem, len(plan))
         return True
 
     def _run_hypothesis_test(self, item, funcargs) -> bool:

@@ -270,32 +270,19 @@ def _pinned_args(be: "CudaBackend", args, kwargs):
     a CUDA tensor is among them (a device op: the dispatch mode sees it)."""
     hits = None
     pinned = be._pinned
-    for i, v in enumerate(args):
+    for where, v in (*enumerate(args), *kwargs.items()):
         if isinstance(v, T):
             if v.is_cuda:
                 return None
             try:
                 base = storage_base(v)
-            except Exception:
+            except Exception:  # a tensor without storage (meta, sparse): not pinned memory
                 continue
             if base in pinned:
                 hits = hits or []
-                hits.append((v, i))
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                if isinstance(x, T) and x.is_cuda:
-                    return None
-    for k, v in kwargs.items():
-        if isinstance(v, T):
-            if v.is_cuda:
-                return None
-            try:
-                base = storage_base(v)
-            except Exception:
-                continue
-            if base in pinned:
-                hits = hits or []
-                hits.append((v, k))
+                hits.append((v, where))
+        elif isinstance(v, (list, tuple)) and any(isinstance(x, T) and x.is_cuda for x in v):
+            return None
     return hits
 
 
