@@ -9,6 +9,8 @@ expect, so code written against the built-in keeps working:
   DeviceOpLimitExceeded  RuntimeError     a run issued more device ops than its max_ops
   ScheduleDiverged       RuntimeError     a replayed schedule does not fit the run replaying it
   NotModelledError       NotImplementedError  an API the virtual device does not model
+  StaleValueError        AssertionError   an overlap program resolved a value the oracle
+                                          says is stale (pytest_streamorder.strategies)
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class StreamRaceError(StreamOrderError, AssertionError):
         self.race = race
 
 
+class StaleValueError(StreamOrderError, AssertionError):
+    """A value the FutureMap resolved (host seq_lens_cpu / seq_lens_sum, device seq_lens,
+    or new_seq_lens_buf after a full sync) differs from the oracle's ground truth."""
+
+
 class DeviceOpLimitExceeded(StreamOrderError, RuntimeError):
     """The program issued more device ops than the run's max_ops allows (a runaway test)."""
 
@@ -56,6 +63,6 @@ class NotModelledError(StreamOrderError, NotImplementedError):
 
 
 __all__ = [
-    "DeviceOpLimitExceeded", "NotModelledError", "ScheduleDiverged", "StreamOrderError",
-    "StreamRaceError",
+    "DeviceOpLimitExceeded", "NotModelledError", "ScheduleDiverged", "StaleValueError",
+    "StreamOrderError", "StreamRaceError",
 ]
