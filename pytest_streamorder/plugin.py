@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from .backend import active_backend
 from .benchmarking import stream_benchmark  # noqa: F401  (a fixture: pytest-benchmark for stream code)
 
 DEFAULT_SCHEDULES = 8
@@ -326,13 +327,7 @@ class StreamOrderHandle:
     @property
     def device(self):
         """The active virtual device or real-GPU backend, or None."""
-        import sys
-
-        sim = sys.modules.get("pytest_streamorder.sim.device")
-        if sim is not None and sim._active is not None:
-            return sim._active
-        gpu = sys.modules.get("pytest_streamorder.gpu.backend")
-        return gpu.active_backend() if gpu is not None else None
+        return active_backend()
 
     @property
     def active(self) -> bool:

@@ -38,7 +38,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..model import HappensBefore, Race, Site
 from ..model.site import _internal_prefixes
-from ..sim.device import DeviceOpLimitExceeded, StreamRaceError
+from ..backend import activate, deactivate
+from ..backend import active_backend as running_backend  # either backend, or None
+from ..errors import DeviceOpLimitExceeded, StreamRaceError
 from .delay import DEFAULT_DELAY_MS, DEFAULT_FIRE_PROBABILITY, DEFAULT_SITE_PROBABILITY, DelayPlan
 from .rwsets import byte_range, plan_of, storage_base
 
@@ -365,8 +367,7 @@ class CudaBackend:
                                "(pytest --streamorder-backend=virtual) on a machine without one")
         if _active is not None:
             raise RuntimeError("cuda_backend() is already active: nesting is not supported")
-        sim = sys.modules.get("pytest_streamorder.sim.device")
-        if sim is not None and sim._active is not None:
+        if running_backend() is not None:  # the virtual device (ours is checked above)
             raise RuntimeError("cuda_backend() cannot run inside virtual_device()")
         if self._used:
             raise RuntimeError("a CudaBackend runs once; create a new one")
@@ -378,6 +379,7 @@ class CudaBackend:
         if self.delay.enabled:
             self._cycles_per_ms = cycles_per_ms()
         torch.cuda.synchronize()  # a clean slate: no earlier work is still queued
+        activate(self)
         _active = self
         self.active = True
         try:
@@ -448,6 +450,7 @@ class CudaBackend:
             self._pinned_keep.clear()
             if _active is self:
                 _active = None
+            deactivate(self)
 
     # --- wrappers around torch.cuda methods -------------------------------------------
 

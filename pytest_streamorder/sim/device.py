@@ -14,6 +14,8 @@ import weakref
 
 import torch
 
+from ..backend import activate, deactivate
+from ..errors import DeviceOpLimitExceeded, StreamRaceError
 from ..model import HappensBefore, Race, Site
 from . import cuda_module, interception, ops
 from .memory import CachingAllocator
@@ -26,18 +28,6 @@ SLEEP_CYCLES_PER_NS = 1.98
 DEFAULT_MAX_OPS = 1_000_000
 
 _active: "VirtualDevice | None" = None
-
-
-class StreamRaceError(AssertionError):
-    """A stream-ordering race; the message is the full report."""
-
-    def __init__(self, race: Race):
-        super().__init__(str(race))
-        self.race = race
-
-
-class DeviceOpLimitExceeded(RuntimeError):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +116,7 @@ class VirtualDevice:
             raise RuntimeError("virtual_device() is already active: nesting is not supported")
         if self.active or self._patches is not None:
             raise RuntimeError("a VirtualDevice runs once; create a new one")
+        activate(self)
         _active = self
         self.active = True
         try:
@@ -154,6 +145,7 @@ class VirtualDevice:
                 cuda_module.uninstall(self._patches)
             self.active = False
             _active = None
+            deactivate(self)
 
     def check_active(self, what: str) -> None:
         if not self.active:
