@@ -8,9 +8,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "virtual_device": "pytest_streamorder.sim.device",
     "VirtualDevice": "pytest_streamorder.sim.device",
-    "Schedule": "pytest_streamorder.sim.device",
+    "Schedule": "pytest_streamorder.scheduling",
     "StreamRaceError": "pytest_streamorder.sim.device",
-    "POLICIES": "pytest_streamorder.sim.scheduler",
+    "POLICIES": "pytest_streamorder.scheduling",
+    "ScheduleDiverged": "pytest_streamorder.scheduling",
+    "parse_replay": "pytest_streamorder.scheduling",
 }
 
 
