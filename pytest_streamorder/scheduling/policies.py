@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
-if TYPE_CHECKING:  # types only: the scheduler imports this module, not the other way
-    from .scheduler import StreamQueue
+if TYPE_CHECKING:
+    from .queues import StreamQueue
 
 # choose(n, what) -> an int in [0, n)
 Choose = Callable[[int, str], int]

@@ -278,7 +278,11 @@ def test_scheduling_imports_no_torch_and_no_backend():
             "s.parse_replay('v1.eager.s0.' + s.Schedule('eager', 0, ()).token.split('.')[-1]); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+    # Every import, those under TYPE_CHECKING and inside functions included: nothing of
+    # ours outside the package, and no cycle inside it.
+    graph: dict[str, set[str]] = {}
     for path in sorted((PACKAGE / "scheduling").glob("*.py")):
+        graph[path.stem] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 names = [("." * node.level) + (node.module or "")]
@@ -288,6 +292,15 @@ def test_scheduling_imports_no_torch_and_no_backend():
                 continue
             for name in names:
                 assert not name.startswith(("..", "torch", "pytest_streamorder")), (path.name, name)
+                if name.startswith(".") and path.stem != "__init__":
+                    graph[path.stem].add(name.lstrip("."))
+    assert graph["chooser"] == set() and graph["queues"] == set()
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, seen + (n,)))
+                   for n in graph.get(start, ()))
+
+    assert not [m for m in graph if reaches(m, m)]
 
 
 def test_the_old_module_still_exports_the_scheduler():
