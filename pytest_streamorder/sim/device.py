@@ -14,9 +14,9 @@ import weakref
 import torch
 
 from ..model import HappensBefore, Race, Site
+from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Scheduler
 from . import cuda_module, interception, ops
 from .memory import CachingAllocator
-from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Scheduler
 from .streams import VirtualEvent, VirtualStream
 from .tensor import DeviceTensor, byte_range, extent
 
