@@ -11,8 +11,9 @@ _LAZY = {
     # the virtual device (imports torch)
     "virtual_device": "pytest_streamorder.sim.device",
     "VirtualDevice": "pytest_streamorder.sim.device",
-    "Schedule": "pytest_streamorder.sim.device",
-    "POLICIES": "pytest_streamorder.sim.scheduler",
+    "Schedule": "pytest_streamorder.scheduling",
+    "POLICIES": "pytest_streamorder.scheduling",
+    "parse_replay": "pytest_streamorder.scheduling",
     # errors (torch-free)
     "StreamOrderError": "pytest_streamorder.errors",
     "StreamRaceError": "pytest_streamorder.errors",

@@ -15,7 +15,7 @@ expect, so code written against the built-in keeps working:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from .model import Race
@@ -46,8 +46,23 @@ class DeviceOpLimitExceeded(StreamOrderError, RuntimeError):
 
 
 class ScheduleDiverged(StreamOrderError, RuntimeError):
-    """A replayed schedule asked for a choice the recorded run did not make: the program
-    is not deterministic, or changed since the schedule was written down."""
+    """A replayed schedule does not fit the run replaying it: the program took another path
+    (it is not deterministic, or it changed since the schedule was recorded)."""
+
+    def __init__(self, step: int, problem: str, what: str = "", streams: Sequence[str] = ()):
+        self.step = step  # 0-based index of the choice where it went wrong
+        self.problem = problem
+        self.what = what
+        self.streams = list(streams)
+        super().__init__(step, problem, what)
+
+    def __str__(self) -> str:
+        where = f" ({self.what})" if self.what else ""
+        ready = (f"; ready streams now: {', '.join(repr(s) for s in self.streams)}"
+                 if self.streams else "")
+        return (f"replayed schedule diverged at choice #{self.step}{where}: {self.problem}"
+                f"{ready}. The program took a different path than the recorded run: it is "
+                f"not deterministic, or it changed since the schedule was written")
 
 
 class NotModelledError(StreamOrderError, NotImplementedError):

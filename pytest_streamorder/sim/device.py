@@ -8,7 +8,6 @@ missing edge also shows up as a stale value), and the caching-allocator model.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import weakref
 
@@ -17,9 +16,9 @@ import torch
 from ..backend import activate, deactivate
 from ..errors import DeviceOpLimitExceeded, StreamRaceError
 from ..model import HappensBefore, Race, Site
+from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Scheduler
 from . import cuda_module, interception, ops
 from .memory import CachingAllocator
-from .scheduler import POLICIES, Chooser, Item, Scheduler
 from .streams import VirtualEvent, VirtualStream
 from .tensor import DeviceTensor, byte_range, extent
 
@@ -30,13 +29,6 @@ DEFAULT_MAX_OPS = 1_000_000
 _active: "VirtualDevice | None" = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Everything needed to run the same schedule again: pass as virtual_device(replay=)."""
-
-    policy: str
-    seed: int | None
-    choices: tuple[int, ...]
 
 
 def active_device(what: str) -> "VirtualDevice":
@@ -58,6 +50,9 @@ class VirtualDevice:
         if replay is not None:
             if not isinstance(replay, Schedule):
                 raise TypeError(f"replay= takes a Schedule (vd.schedule), got {type(replay).__name__}")
+            if replay.backend != "sim":
+                raise ValueError(f"a {replay.policy!r} schedule replays on the real-GPU backend, "
+                                 f"not on the virtual device")
             policy, seed = replay.policy, replay.seed
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {POLICIES}")
@@ -68,7 +63,10 @@ class VirtualDevice:
         self.hb = HappensBefore(on_race=self._on_race)
         # Every scheduling decision comes from the chooser: seeded, replayed, or (for
         # Hypothesis, so a failing schedule shrinks) drawn from a test case's data.
-        self.chooser = chooser or Chooser(seed, list(replay.choices) if replay is not None else None)
+        # A replay with choices=None (an old `policy:seed` token) reruns from the seed.
+        self.chooser = chooser or (Chooser(seed, replay.choices, replay.options)
+                                   if replay is not None and replay.choices is not None
+                                   else Chooser(seed))
         self.scheduler = Scheduler(policy, self.chooser)
         if record_timeline:
             self.scheduler.timeline = []
@@ -95,7 +93,9 @@ class VirtualDevice:
 
     @property
     def schedule(self) -> Schedule:
-        return Schedule(self.policy, self.seed, tuple(self.chooser.choices))
+        options = getattr(self.chooser, "options", None)  # only our Chooser records them
+        return Schedule(self.policy, self.seed, tuple(self.chooser.choices),
+                        tuple(options) if options is not None else None)
 
     @property
     def host_blocked_s(self) -> float:
@@ -132,6 +132,7 @@ class VirtualDevice:
             if exc_type is None:
                 self.scheduler.drain_all()  # the program ends: queued work still runs
                 self.hb.sync_device()
+            _check_replay_finished(self.chooser, exc)
         finally:
             self._teardown()
 
@@ -258,6 +259,21 @@ class VirtualDevice:
     def host_read(self, t: torch.Tensor, op: str, site: Site) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.host_access(t, False, op, site)
+
+
+def _check_replay_finished(chooser, exc: BaseException | None) -> None:
+    """A replay that ends with recorded choices unused diverged: raise ScheduleDiverged,
+    or, when the run already fails, add the news to its exception."""
+    check = getattr(chooser, "check_finished", None)
+    if check is None:
+        return
+    try:
+        check()
+    except ScheduleDiverged as diverged:
+        if exc is None:
+            raise
+        if hasattr(exc, "add_note") and not isinstance(exc, ScheduleDiverged):
+            exc.add_note(str(diverged))
 
 
 def _host_range(t: torch.Tensor) -> tuple[int, int]:
