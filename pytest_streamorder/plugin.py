@@ -34,25 +34,28 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     for line in marker_help():
         config.addinivalue_line("markers", line)
-    switch = Settings.from_config(config, ["enabled", "replay"])
-    if not switch.enabled and switch.replay is None:
+    switch = Settings.from_config(config, ["streamorder", "replay"])
+    if not switch.streamorder and switch.replay is None:
         return
     config.pluginmanager.register(StreamOrderRun(config, Settings.from_config(config)),
                                   "streamorder-run")
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: check the tests that will run
-def pytest_collection_modifyitems(config, items):
-    """Markers are checked here, with or without --streamorder, so a bad one stops the
-    run before any test passes without having run its body as asked."""
-    errors = []
+def pytest_collection_modifyitems(session, config, items):
+    """Markers are checked here, with or without --streamorder. A bad one is a collection
+    error of its test (named by node id), which stops the run before any test runs (also
+    under xdist), and never runs that test: it cannot pass without its body running."""
+    good = []
     for item in items:
         try:
             item.stash[_MARKER_VALUES] = check_markers(item)
         except pytest.UsageError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise pytest.UsageError(*errors)
+            report = pytest.CollectReport(item.nodeid, "failed", str(exc), [])
+            config.hook.pytest_collectreport(report=report)
+        else:
+            good.append(item)
+    items[:] = good
 
 
 @contextlib.contextmanager
@@ -83,6 +86,7 @@ class StreamOrderRun:
         # Picking the backend imports torch: not for a run that only collects.
         self.backend = None if self.collect_only else self._resolve_backend()
         self.tests = self.schedules_run = self.device_ops = self.races = 0  # all tests
+        self.calls = 0  # tests that ran, checked or not
         self._ops = self._races = 0  # the test running now
 
     def _base_seed(self, settings: Settings) -> int:
@@ -286,6 +290,7 @@ class StreamOrderRun:
     def pytest_runtest_logreport(self, report):
         if report.when != "call":
             return
+        self.calls += 1
         props = dict(report.user_properties)
         if "streamorder_schedules" in props:
             self.tests += 1
@@ -294,7 +299,7 @@ class StreamOrderRun:
             self.races += props["streamorder_races"]
 
     def pytest_terminal_summary(self, terminalreporter):
-        if self.collect_only:  # nothing ran: no summary of nothing
+        if self.calls == 0:  # --collect-only, or stopped at collection: no summary of nothing
             return
         terminalreporter.write_sep("-", "streamorder")
         terminalreporter.write_line(

@@ -158,7 +158,7 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("enabled", BOOL, False, "run tests on the virtual CUDA device and fail on "
+    Setting("streamorder", BOOL, False, "run tests on the virtual CUDA device and fail on "
             "stream-ordering races", env=False, flag_name="--streamorder",
             ini_name="streamorder"),
     Setting("schedules", integer(1), 8, "schedules explored per test", marker=True),
@@ -288,18 +288,19 @@ def check_markers(item) -> dict[str, tuple[Any, str]]:
     plain = list(item.iter_markers(NO_MARKER))
     where = f"on {item.nodeid}"
     if markers and plain:
-        raise pytest.UsageError(f"@pytest.mark.{MARKER} and @pytest.mark.{NO_MARKER} both {where}: "
-                                "a test is either checked or run plainly; remove one")
+        raise pytest.UsageError(f"markers @pytest.mark.{MARKER} and @pytest.mark.{NO_MARKER} "
+                                f"both {where}: a test is either checked or run plainly; "
+                                "remove one")
     for mark in plain:
         if mark.args or mark.kwargs:
-            raise pytest.UsageError(f"@pytest.mark.{NO_MARKER} {where} takes no arguments")
+            raise pytest.UsageError(f"marker @pytest.mark.{NO_MARKER} {where} takes no arguments")
     allowed = ", ".join(f"{s.name}=" for s in MARKER_SETTINGS)
     out: dict[str, tuple[Any, str]] = {}
     for mark in reversed(markers):  # farthest first, so that the nearest wins
         if mark.args:
-            raise pytest.UsageError(
-                f"@pytest.mark.{MARKER}{mark.args!r} {where}: the marker takes keyword "
-                f"arguments only ({allowed})")
+            shown = ", ".join(map(repr, mark.args))
+            raise pytest.UsageError(f"marker @pytest.mark.{MARKER}({shown}) {where}: it takes "
+                                    f"keyword arguments only ({allowed})")
         for name, raw in mark.kwargs.items():
             source = f"marker @pytest.mark.{MARKER}({name}={raw!r}) {where}"
             s = BY_NAME.get(name)
