@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import sys
 import warnings
 
 import pytest
@@ -42,7 +43,7 @@ def pytest_configure(config):
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: check the tests that will run
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(config, items):
     """Markers are checked here, with or without --streamorder. A bad one is a collection
     error of its test (named by node id), which stops the run before any test runs (also
     under xdist), and never runs that test: it cannot pass without its body running."""
@@ -69,6 +70,9 @@ def _numpy_warning_ignored():
 
 
 def _import(name: str):
+    """A module that may import torch, imported with its NumPy warning ignored."""
+    if name in sys.modules:
+        return sys.modules[name]
     with _numpy_warning_ignored():
         return importlib.import_module(name)
 
@@ -128,7 +132,7 @@ class StreamOrderRun:
         """A fresh device context for one schedule, on the chosen backend."""
         if self.backend == "cuda":
             kwargs.pop("chooser", None)
-            return _import("pytest_streamorder.gpu").cuda_backend(
+            return _import("pytest_streamorder.gpu.backend").cuda_backend(
                 seed=seed, max_ops=self.settings.max_ops, **kwargs)
         # The timeline, for a trace file, is recorded as the schedule runs: the trace is
         # of the failing run itself.
@@ -314,8 +318,6 @@ class StreamOrderHandle:
     @property
     def device(self):
         """The active virtual device or real-GPU backend, or None."""
-        import sys
-
         sim = sys.modules.get("pytest_streamorder.sim.device")
         if sim is not None and sim._active is not None:
             return sim._active
