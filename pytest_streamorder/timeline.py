@@ -21,7 +21,10 @@ RACE_COLOR = "#d62728"
 
 
 def _slices(vd: "VirtualDevice"):
-    """(tid, name, start_ns, end_ns, is_racy, item) for every executed item and host wait."""
+    """(tid, name, start_ns, end_ns, is_racy, item, note) for every executed item and host
+    wait. A run stopped by a race (raise_on_race) also left work queued that never ran,
+    and the launch whose access raced was refused: both are drawn after what ran, with
+    a note, so that the trace of the failing run itself shows both sides of the race."""
     racy = set()
     for race in vd.races:
         for acc in (race.earlier, race.later):
@@ -33,10 +36,29 @@ def _slices(vd: "VirtualDevice"):
             _, stream, item, start = entry
             key = (stream.name, item.op_count)
             out.append((stream.index + 1, item.label, start, item.finish_ns,
-                        item.op_count > 0 and key in racy, item))
+                        item.op_count > 0 and key in racy, item, ""))
         else:
             _, label, start, end = entry
-            out.append((HOST_TID, label, start, end, False, None))
+            out.append((HOST_TID, label, start, end, False, None, ""))
+    shown = {(s.name, item.op_count) for s in vd.scheduler.streams for item in s.queue}
+    shown |= {(entry[1].name, entry[2].op_count) for entry in vd.scheduler.timeline or ()
+              if entry[0] == "item"}
+    for stream in vd.scheduler.streams:
+        start = stream.time_ns
+        for item in stream.queue:  # queued when the run stopped: it never ran
+            start = max(start, item.issued_ns)
+            out.append((stream.index + 1, item.label, start, start + item.cost_ns,
+                        item.op_count > 0 and (stream.name, item.op_count) in racy, item,
+                        "queued, never ran: the run stopped at a race"))
+            start += item.cost_ns
+    by_name = {s.name: s for s in vd.scheduler.streams}
+    for race, when in zip(vd.races, vd.race_times_ns):
+        later = race.later
+        stream = by_name.get(later.agent.name)
+        if stream is not None and (stream.name, later.count) not in shown:
+            shown.add((stream.name, later.count))
+            out.append((stream.index + 1, later.op, when, when + 1, True, None,
+                        "launched here, never queued: the race was found at its launch"))
     return out
 
 
@@ -47,9 +69,9 @@ def chrome_trace(vd: "VirtualDevice") -> dict:
         events.append({"ph": "M", "name": "thread_name", "pid": 1, "tid": stream.index + 1,
                        "args": {"name": f"stream '{stream.name}'"}})
     marks = {}  # id(EventMark) -> (tid, time of the record)
-    for tid, name, start, end, racy, item in _slices(vd):
+    for tid, name, start, end, racy, item, note in _slices(vd):
         event = {"ph": "X", "name": name, "pid": 1, "tid": tid, "ts": start / 1000,
-                 "dur": max(end - start, 1) / 1000, "args": {}}
+                 "dur": max(end - start, 1) / 1000, "args": {"note": note} if note else {}}
         if racy:
             event["cname"] = "terrible"
             event["args"]["race"] = "this op is one side of a reported race"
@@ -74,7 +96,7 @@ def timeline_html(vd: "VirtualDevice", title: str) -> str:
     """One page, no scripts from anywhere: a row per stream and one for the host."""
     slices = _slices(vd)
     tracks = ["host"] + [f"stream '{s.name}'" for s in vd.scheduler.streams]
-    end = max([e for _, _, _, e, _, _ in slices] + vd.race_times_ns + [1])
+    end = max([e for _, _, _, e, _, _, _ in slices] + vd.race_times_ns + [1])
     width, left, row = 1100, 190, 34
     scale = (width - left - 20) / end
     height = row * len(tracks) + 60
@@ -86,14 +108,15 @@ def timeline_html(vd: "VirtualDevice", title: str) -> str:
         parts.append(f'<text x="6" y="{y + row / 2 + 2}">{html.escape(name)}</text>')
     marks = {}
     arrows = []
-    for tid, name, start, stop, racy, item in slices:
+    for tid, name, start, stop, racy, item, note in slices:
         x, w = left + start * scale, max((stop - start) * scale, 2)
         y = 30 + tid * row + 3
         fill = RACE_COLOR if racy else ("#9ecae1" if tid else "#fdae6b")
         label = html.escape(name)
+        dash = ' stroke-dasharray="3,2"' if note else ""  # not run: drawn dashed
         parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 10}" fill="{fill}" '
-                     f'stroke="#555" stroke-width="0.5"><title>{label} [{start / 1000:.1f}-'
-                     f'{stop / 1000:.1f} us]</title></rect>')
+                     f'stroke="#555" stroke-width="0.5"{dash}><title>{label} [{start / 1000:.1f}-'
+                     f'{stop / 1000:.1f} us]{html.escape(": " + note) if note else ""}</title></rect>')
         if w > 7 * len(name):
             parts.append(f'<text x="{x + 3:.1f}" y="{y + row / 2}" fill="#111">{label}</text>')
         if item is not None and item.done_mark is not None:

@@ -115,8 +115,10 @@ def test_plain():
 
 @pytest.mark.parametrize("args, message", [
     (["--streamorder-replay=fast:1"], "--streamorder-replay takes the token*"),
-    (["--streamorder", "--streamorder-seed=abc"], "*--streamorder-seed takes an int or 'last'*"),
-    (["--streamorder", "--streamorder-schedules=0"], "*--streamorder-schedules must be >= 1*"),
+    (["--streamorder", "--streamorder-seed=abc"],
+     "flag --streamorder-seed=abc: seed must be an integer, or 'last'*"),
+    (["--streamorder", "--streamorder-schedules=0"],
+     "flag --streamorder-schedules=0: schedules must be an integer >= 1"),
 ])
 def test_bad_options_are_usage_errors(pytester, args, message):
     pytester.makepyfile(test_correct=CORRECT)
