@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pytest_streamorder.gpu.delay import DelayPlan
-from pytest_streamorder.gpu.rwsets import byte_range, plan_of, storage_base
+from pytest_streamorder.ops.ranges import byte_range, storage_base
+from pytest_streamorder.ops.schema import op_info as plan_of
 
 aten = torch.ops.aten
 SITES = [("prog.py", line, "aten.add.Tensor") for line in range(200)]
