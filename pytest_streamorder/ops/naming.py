@@ -4,28 +4,57 @@ allocating line assigns."""
 
 from __future__ import annotations
 
+import ast
 import linecache
-import re
 
 from ..model import Site
 from .frames import user_frames
 
-_ASSIGNED_NAMES = re.compile(
-    r"^\s*((?:self\.)?\w+(?:\s*,\s*(?:self\.)?\w+)*)\s*(?::[^=]*)?=(?!=)")
 _created_at: dict = {}  # (file, line) -> how many objects that line created so far
+_ASSIGNMENTS: dict = {}  # file -> (its source, [(first line, last line, names)])
 
 
 def assigned_names(filename: str, line: int) -> list[str]:
-    """The variables assigned on that line (`self.` dropped), also when the line
-    continues an assignment from up to two lines above; [] if none."""
-    for back in range(3):
-        text = linecache.getline(filename, line - back)
-        m = _ASSIGNED_NAMES.match(text)
-        if m:
-            return [n.strip().removeprefix("self.") for n in m.group(1).split(",")]
-        if back == 0 and ")" in text.split("(")[0]:
-            break
+    """The variables assigned by the statement that spans `line` (`self.` dropped; a
+    tuple target gives one name per element); [] if that statement assigns nothing.
+    Read from the file's syntax tree, so a call spread over several lines is named by
+    its assignment, never by a keyword argument on a continuation line."""
+    for first, last, names in _assignments(filename):
+        if first <= line <= last:
+            return names
     return []
+
+
+def _assignments(filename: str) -> list:
+    source = "".join(linecache.getlines(filename))
+    hit = _ASSIGNMENTS.get(filename)
+    if hit is not None and hit[0] == source:
+        return hit[1]
+    found = []
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        tree = None
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.Assign):
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        elts = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
+        names = [_target_name(e) for e in elts]
+        found.append((node.lineno, node.end_lineno or node.lineno, names))
+    _ASSIGNMENTS[filename] = (source, found)
+    return found
+
+
+def _target_name(node) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):  # self.stream, self.bufs.pinned
+        return node.attr
+    return "_"  # a subscript or starred target: no name
 
 
 def name_from_source(site: Site, fallback: str) -> str:
