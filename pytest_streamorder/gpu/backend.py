@@ -4,18 +4,25 @@ BUGGIFY-style delay injection so that a missing edge shows up as a stale value.
 `with cuda_backend(seed=0) as be:` runs the body on the GPU with
 
 - a TorchDispatchMode that sees every aten op on CUDA tensors: the op's reads and
-  writes come from its schema (rwsets.py), tensors are byte ranges of their storage
-  (views and offsets count), and the op is issued in the model on the current stream;
+  writes come from its schema (the shared op layer, ops/), tensors are byte ranges of
+  their storage (views and offsets count), and the op is issued in the model on the
+  current stream (device_op.py);
   host<->device copies read or write pinned host memory; blocking copies, `.item()`,
   `nonzero` and friends make the host wait for the current stream;
 - PyTorch's GPU trace callbacks (torch.cuda._gpu_trace) for event record and wait,
   stream/event/device synchronize and allocator frees (a freed block handed out again
-  carries the old owner's unfinished accesses: a missing record_stream is a race);
+  carries the old owner's unfinished accesses: a missing record_stream is a race)
+  (trace.py, memory.py);
 - a TorchFunctionMode that sees the host read or write pinned tensors (tolist, numpy,
-  print, indexing, in-place ops, out=);
+  print, indexing, in-place ops, out=) (modes.py);
 - small wrappers (restored on exit) around torch.cuda.Event/Stream methods: a True
   query() is a host sync, a wait on a never-recorded event is noted (CUDA skips it, and
-  no trace fires), syncs are timed, and delays go before event records.
+  no trace fires), syncs are timed, and delays go before event records (patches.py).
+
+This file holds the run itself: entering and leaving, results, delay injection, host
+accesses and custom kernels; CudaBackend gathers the parts above (one file each) as
+mixins that share its state. Streams and events: streams.py; once-per-process
+calibration and warm-up: calibration.py.
 
 Detection happens when work is issued, as on the virtual device, so a race is found
 whether or not the GPU happened to run the racing work late.

@@ -10,7 +10,7 @@ import linecache
 from ..model import Site
 from .frames import user_frames
 
-_created_at: dict = {}  # (file, line) -> how many objects that line created so far
+_created_at: dict = {}  # (file, first line) -> how many objects that statement created so far
 _ASSIGNMENTS: dict = {}  # file -> (its source, [(first line, last line, names)])
 
 
@@ -19,10 +19,15 @@ def assigned_names(filename: str, line: int) -> list[str]:
     tuple target gives one name per element); [] if that statement assigns nothing.
     Read from the file's syntax tree, so a call spread over several lines is named by
     its assignment, never by a keyword argument on a continuation line."""
+    return _statement(filename, line)[1]
+
+
+def _statement(filename: str, line: int) -> tuple:
+    """(first line, names) of the assignment spanning `line`, or (line, [])."""
     for first, last, names in _assignments(filename):
         if first <= line <= last:
-            return names
-    return []
+            return first, names
+    return line, []
 
 
 def _assignments(filename: str) -> list:
@@ -62,9 +67,9 @@ def name_from_source(site: Site, fallback: str) -> str:
     user frame), e.g. `self.fwd_d2h_stream = torch.cuda.Stream()` -> 'fwd_d2h_stream';
     `fwd, d2h = torch.cuda.Stream(), torch.cuda.Stream()` -> 'fwd', then 'd2h'."""
     for code, line in (user_frames(site) or site.frames)[:1]:
-        names = assigned_names(code.co_filename, line)
+        first, names = _statement(code.co_filename, line)
         if names:
-            key = (code.co_filename, line)
+            key = (code.co_filename, first)  # one count per statement, over all its lines
             nth = _created_at.get(key, 0)
             _created_at[key] = nth + 1
             name = names[nth % len(names)]

@@ -1,6 +1,6 @@
 """The bytes of its storage a tensor can touch: [start, stop). Accesses conflict when
-these overlap, so views and offsets count; a zero-size tensor touches nothing (start ==
-stop)."""
+these overlap, so views and offsets count; a zero-size tensor touches nothing: (0, 0),
+which lies inside any allocation, a zero-byte one included."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 
 def extent(size, stride, offset: int, itemsize: int) -> tuple[int, int]:
     """[start, stop) bytes of its storage that a strided layout can touch (negative
-    strides included); empty (start == stop == offset) when it has no element."""
+    strides included); (0, 0) when it has no element."""
     first = last = offset
     for n, st in zip(size, stride):
         if n == 0:
-            return offset * itemsize, offset * itemsize
+            return 0, 0
         if st > 0:
             last += (n - 1) * st
         else:
@@ -26,7 +26,8 @@ def byte_range(t: torch.Tensor) -> tuple[int, int]:
     isz = t.element_size()
     start = t.storage_offset() * isz
     if t.is_contiguous():  # the common case, without a loop over the dimensions
-        return start, start + t.numel() * isz
+        n = t.numel()
+        return (start, start + n * isz) if n else (0, 0)
     return extent(t.shape, t.stride(), t.storage_offset(), isz)
 
 

@@ -112,11 +112,10 @@ def test_byte_ranges_of_views_offsets_and_strides():
 
 def test_zero_size_tensors_touch_nothing():
     x = torch.arange(16, dtype=I64)
-    start, stop = byte_range(x[5:5])
-    assert start == stop == 40
-    start, stop = byte_range(x.reshape(4, 4)[:, 2:2])
-    assert start == stop
-    assert extent((0, 3), (3, 1), 0, 8) == (0, 0)
+    assert byte_range(x[5:5]) == (0, 0)
+    assert byte_range(x.reshape(4, 4)[:, 2:2]) == (0, 0)
+    assert byte_range(x.reshape(4, 4)[1:, ::2][:, 2:]) == (0, 0)
+    assert extent((2, 0), (3, 1), 7, 8) == (0, 0)  # inside even a zero-byte allocation
 
 
 def test_extent_of_negative_strides():
@@ -196,6 +195,8 @@ staging = torch.empty(
     8, pin_memory=True)
 _ = alloc()
 call(alloc())
+a, b = (make(),
+        make())
 """
 
 
@@ -212,6 +213,7 @@ def test_names_from_the_source_line(tmp_path):
     assert name_from_source(at(4), "s") == "staging"  # the call continues line 3
     assert name_from_source(at(5), "s") == "s" and name_from_source(at(6), "s") == "s"
     assert assigned_names(str(path), 1) == ["fwd", "d2h"]
+    assert [name_from_source(at(7), "s"), name_from_source(at(8), "s")] == ["a", "b"]
     assert str(TensorLabel("aten.add.Tensor", torch.float32, (4,), at(2))) == "'buf' (float32[4])"
     assert str(TensorLabel("aten.add.Tensor", torch.int64, (2, 2), at(1))) == \
         "output of aten.add.Tensor (int64[2, 2])"  # `a, b = ...`: which one is unknown
