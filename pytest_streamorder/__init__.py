@@ -1,21 +1,34 @@
 """pytest-streamorder: find CUDA stream-ordering bugs in PyTorch code without a GPU.
 
-Importing this package imports no torch; the virtual device loads it on first use.
+Importing this package imports no torch; the virtual device loads it on first use. The
+names below are imported when first used: the errors and the backend interface are
+torch-free, the virtual device is not.
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    # the virtual device (imports torch)
     "virtual_device": "pytest_streamorder.sim.device",
     "VirtualDevice": "pytest_streamorder.sim.device",
-    "Schedule": "pytest_streamorder.sim.device",
-    "StreamRaceError": "pytest_streamorder.sim.device",
-    "POLICIES": "pytest_streamorder.sim.scheduler",
+    "Schedule": "pytest_streamorder.scheduling",
+    "POLICIES": "pytest_streamorder.scheduling",
+    "parse_replay": "pytest_streamorder.scheduling",
+    # errors (torch-free)
+    "StreamOrderError": "pytest_streamorder.errors",
+    "StreamRaceError": "pytest_streamorder.errors",
+    "DeviceOpLimitExceeded": "pytest_streamorder.errors",
+    "ScheduleDiverged": "pytest_streamorder.errors",
+    "NotModelledError": "pytest_streamorder.errors",
+    "StaleValueError": "pytest_streamorder.errors",
+    # the interface both backends offer, and the running one (torch-free)
+    "Backend": "pytest_streamorder.backend",
+    "active_backend": "pytest_streamorder.backend",
 }
 
 
 def __getattr__(name):
-    """Import the virtual device (and torch) only when it is first used."""
+    """Import a name's module only when the name is first used."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pytest_streamorder' has no attribute {name!r}")

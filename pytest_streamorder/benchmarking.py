@@ -50,6 +50,9 @@ from typing import Any, Callable
 
 import pytest
 
+from .backend import active_backend
+from .cuda_sync_timer import SyncTimer
+
 BACKENDS = ("auto", "cuda", "virtual")
 
 
@@ -171,9 +174,8 @@ class StreamBenchmark:
     def _resolve(self) -> str:
         if self.backend not in BACKENDS:
             raise ValueError(f"stream_benchmark backend must be one of {BACKENDS}, got {self.backend!r}")
-        from .sim import device as sim_device
-
-        active = sim_device._active is not None
+        running = active_backend()
+        active = running is not None and running.is_virtual  # under pytest --streamorder
         if self.backend == "cuda":
             if active:
                 raise RuntimeError("stream_benchmark backend='cuda' inside a virtual device "
@@ -189,7 +191,7 @@ class StreamBenchmark:
         return backend
 
     def _session(self, backend: str):
-        return _SyncTimer(self.implicit_syncs) if backend == "cuda" else _nullcontext()
+        return SyncTimer(self.implicit_syncs) if backend == "cuda" else _nullcontext()
 
     def _measured(self, fn: Callable, backend: str) -> Callable:
         """fn wrapped so that each call is measured on `backend` (no setup)."""
@@ -258,9 +260,7 @@ class _Call:
             self.vd.__enter__()
             _apply_cost_model(self.vd, sb.cost_model)
         elif self.backend == "virtual-active":
-            from .sim import device as sim_device
-
-            self.vd = sim_device._active
+            self.vd = active_backend()
             _apply_cost_model(self.vd, sb.cost_model)
         try:
             self.call_args = self._run_user_setup()
@@ -282,7 +282,7 @@ class _Call:
             raise
 
     def _target_cuda(self, args, kwargs):
-        timer = _SyncTimer.current
+        timer = SyncTimer.current
         b0, n0 = timer.blocked_s, timer.syncs
         t0 = time.perf_counter()
         result = self.fn(*args, **kwargs)
@@ -316,7 +316,7 @@ class _Call:
 
     def _sync(self):
         if self.backend == "cuda":
-            _SyncTimer.current.raw_synchronize()
+            SyncTimer.current.raw_synchronize()
         elif self.vd is not None:
             self.vd.sync_device()
 
@@ -356,135 +356,6 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
-
-
-class _SyncTimer:
-    """While active: real CUDA syncs are timed. Explicit ones by wrapping
-    torch.cuda.synchronize, Stream.synchronize and Event.synchronize; implicit ones (a
-    CUDA tensor read by the host) through a TorchFunctionMode."""
-
-    current: "_SyncTimer | None" = None
-
-    def __init__(self, implicit: bool):
-        self.implicit = implicit
-        self.blocked_s = 0.0
-        self.syncs = 0
-        self._depth = 0
-        self._saved: list = []
-        self._mode = None
-
-    def _timed(self, original):
-        timer = self
-
-        def timed(*args, **kwargs):
-            if timer._depth:
-                return original(*args, **kwargs)
-            timer._depth += 1
-            t0 = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                timer.blocked_s += time.perf_counter() - t0
-                timer.syncs += 1
-                timer._depth -= 1
-
-        timed.__wrapped__ = original
-        return timed
-
-    def raw_synchronize(self):
-        import torch
-
-        self._depth += 1
-        try:
-            torch.cuda.synchronize()
-        finally:
-            self._depth -= 1
-
-    def __enter__(self):
-        import torch
-
-        if _SyncTimer.current is not None:
-            raise RuntimeError("stream_benchmark: nested benchmarks are not supported")
-        for owner, name in ((torch.cuda, "synchronize"), (torch.cuda.Stream, "synchronize"),
-                            (torch.cuda.Event, "synchronize")):
-            own = name in vars(owner)  # False: a class that inherits the method
-            original = getattr(owner, name)
-            self._saved.append((owner, name, original if own else None))
-            setattr(owner, name, self._timed(original))
-        _SyncTimer.current = self
-        if self.implicit:
-            self._mode = _implicit_sync_mode(self)
-            self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            if self._mode is not None:
-                self._mode.__exit__(*exc)
-        finally:
-            for owner, name, original in reversed(self._saved):
-                if original is None:
-                    delattr(owner, name)
-                else:
-                    setattr(owner, name, original)
-            self._saved.clear()
-            _SyncTimer.current = None
-        return False
-
-
-def _implicit_sync_mode(timer: _SyncTimer, is_device: Callable | None = None):
-    """A TorchFunctionMode timing the calls that make the host wait for a device tensor:
-    reading it on the host, or copying it to pageable/blocking host memory. `is_device`
-    tells which tensors count (default: CUDA tensors)."""
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    T = torch.Tensor
-    always = {T.item, T.tolist, T.cpu, T.__bool__, T.__int__, T.__float__,
-              T.__index__, T.nonzero, torch.nonzero, T.masked_select, torch.masked_select,
-              T.unique}
-    to_host = {T.to, T.copy_}
-    is_device = is_device or (lambda t: isinstance(t, T) and t.is_cuda)
-
-    def blocks(func, args, kwargs) -> bool:
-        if func in always:
-            return bool(args) and is_device(args[0])
-        if func is T.to:
-            if not (args and is_device(args[0])) or kwargs.get("non_blocking"):
-                return False
-            rest = list(args[1:]) + [kwargs.get("device")]
-            for a in rest:
-                if isinstance(a, (str, torch.device)) and torch.device(a).type == "cpu":
-                    return True
-                if isinstance(a, T) and not is_device(a):
-                    return True
-            return False
-        if func is T.copy_:
-            dst = args[0] if args else None
-            src = args[1] if len(args) > 1 else kwargs.get("src")
-            non_blocking = (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
-            # non_blocking counts as asynchronous (pageable targets make it sync in fact;
-            # telling them apart would cost a pinned-pointer lookup on every copy)
-            return (isinstance(dst, T) and not is_device(dst) and is_device(src)
-                    and not non_blocking)
-        return False
-
-    class ImplicitSyncs(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if timer._depth or (func not in always and func not in to_host) \
-                    or not blocks(func, args, kwargs):
-                return func(*args, **kwargs)
-            timer._depth += 1
-            t0 = time.perf_counter()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                timer.blocked_s += time.perf_counter() - t0
-                timer.syncs += 1
-                timer._depth -= 1
-
-    return ImplicitSyncs()
 
 
 @pytest.fixture

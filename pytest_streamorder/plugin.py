@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from .backend import active_backend
 from .benchmarking import stream_benchmark  # noqa: F401  (a fixture: pytest-benchmark for stream code)
 
 DEFAULT_SCHEDULES = 8
@@ -104,8 +105,8 @@ class StreamOrderRun:
         self.seed = self._base_seed(_setting(config, "seed"))
         self.replay = config.getoption("streamorder_replay")
         self.trace_dir = config.getoption("streamorder_trace_dir")
-        if self.replay is not None:
-            _parse_token(self.replay)  # a bad token is a usage error now, not per test
+        # A bad token is a usage error now, not per test.
+        self.replay_schedule = _parse_token(self.replay) if self.replay is not None else None
         self.backend = self._resolve_backend()
         self.tests = self.schedules_run = self.device_ops = self.races = 0  # all tests
         self._ops = self._races = 0  # the test running now
@@ -133,8 +134,8 @@ class StreamOrderRun:
     def _resolve_backend(self) -> str:
         """"sim" or "cuda"; "auto" picks cuda when torch sees a GPU."""
         choice = self.backend_setting
-        if self.replay is not None:  # a token names its backend: "cuda:7" or "delay:7"
-            choice = "cuda" if _parse_token(self.replay)[0] == "cuda" else "sim"
+        if self.replay_schedule is not None:  # a token names its backend: "cuda:7" or "v1.delay..."
+            choice = self.replay_schedule.backend
         if choice == "sim":
             return choice
         import torch
@@ -154,12 +155,14 @@ class StreamOrderRun:
             return cuda_backend(seed=seed, max_ops=self.max_ops, **kwargs)
         from .sim.device import virtual_device
 
+        if self.replay_schedule is not None and kwargs.get("chooser") is None:
+            kwargs["replay"] = self.replay_schedule  # its recorded choices, not only the seed
         return virtual_device(seed=seed, policy=policy, max_ops=self.max_ops, **kwargs)
 
     def plan(self, item) -> list[tuple[str, int]]:
         """(policy, seed) of every schedule to run for this test."""
-        if self.replay is not None:
-            return [_parse_token(self.replay)]
+        if self.replay_schedule is not None:
+            return [(self.replay_schedule.policy, self.replay_schedule.seed)]
         marker = item.get_closest_marker("streamorder")
         opts = marker.kwargs if marker else {}
         schedules = opts.get("schedules") or self.schedules
@@ -195,7 +198,7 @@ class StreamOrderRun:
                 self._count(vd)
                 self._record(pyfuncitem, index + 1)
                 pyfuncitem.user_properties.append(("streamorder_failed_schedule", f"{policy}:{seed}"))
-                token = f"{policy}:{seed}"
+                token = _replay_argument(self.config, pyfuncitem, vd, self.trace_dir)
                 where = (f"streamorder: failed on schedule {index + 1} (policy {policy}, seed "
                          f"{seed}); {len(vd.races)} race(s), {vd.ops_issued} device ops.\n"
                          f"replay: pytest --streamorder --streamorder-replay={token} "
@@ -326,13 +329,7 @@ class StreamOrderHandle:
     @property
     def device(self):
         """The active virtual device or real-GPU backend, or None."""
-        import sys
-
-        sim = sys.modules.get("pytest_streamorder.sim.device")
-        if sim is not None and sim._active is not None:
-            return sim._active
-        gpu = sys.modules.get("pytest_streamorder.gpu.backend")
-        return gpu.active_backend() if gpu is not None else None
+        return active_backend()
 
     @property
     def active(self) -> bool:
@@ -381,9 +378,35 @@ def streamorder():
     return StreamOrderHandle()
 
 
-def _parse_token(token: str) -> tuple[str, int]:
-    policy, _, seed = token.partition(":")
-    if policy not in POLICY_CHOICES[:-1] + ("cuda",) or not seed.lstrip("-").isdigit():
+def _parse_token(token: str):
+    """The Schedule a --streamorder-replay value names (scheduling.parse_replay)."""
+    from .scheduling import ReplayTokenError, parse_replay
+
+    try:
+        return parse_replay(token)
+    except ReplayTokenError as exc:
         raise pytest.UsageError(
-            f"--streamorder-replay takes the token a failure printed, e.g. 'delay:3'; got {token!r}")
-    return policy, int(seed)
+            f"--streamorder-replay takes the token a failure printed (or @file): {exc}") from None
+
+
+def _replay_argument(config, item, device, trace_dir) -> str:
+    """The --streamorder-replay value for the schedule `device` just ran, shell-quoted: its
+    token, or, when that is too long for a command line, '@path' of a file holding it in
+    pytest's cache (.pytest_cache/d/streamorder/), else the trace dir, else the temp dir."""
+    import shlex
+
+    schedule = device.schedule
+    write = getattr(schedule, "replay_argument", None)
+    if write is None:  # the cuda backend's schedule: its seed is its token
+        return shlex.quote(schedule.token)
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        directory = cache.mkdir("streamorder")
+    else:
+        import tempfile
+
+        directory = trace_dir or os.path.join(tempfile.gettempdir(), "pytest-streamorder")
+    try:
+        return shlex.quote(write(directory, stem=item.nodeid, note=f"test {item.nodeid}"))
+    except OSError:  # nowhere to write it: print the long token rather than lose it
+        return shlex.quote(schedule.token)

@@ -31,13 +31,14 @@ whether or not the GPU happened to run the racing work late.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import weakref
 
 import torch
 
 from ..errors import StreamRaceError
 from ..model import HappensBefore, Race, Site
+from ..backend import activate, deactivate
+from ..backend import active_backend as running_backend  # either backend, or None
 from ..ops.frames import user_frames
 from ..ops.host import call_name, host_accesses
 from ..ops.limit import OpCounter
@@ -156,8 +157,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
                                "(pytest --streamorder-backend=virtual) on a machine without one")
         if _active is not None:
             raise RuntimeError("cuda_backend() is already active: nesting is not supported")
-        sim = sys.modules.get("pytest_streamorder.sim.device")
-        if sim is not None and sim._active is not None:
+        if running_backend() is not None:  # the virtual device (ours is checked above)
             raise RuntimeError("cuda_backend() cannot run inside virtual_device()")
         if self._used:
             raise RuntimeError("a CudaBackend runs once; create a new one")
@@ -169,6 +169,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         if self.delay.enabled:
             self._cycles_per_ms = cycles_per_ms()
         torch.cuda.synchronize()  # a clean slate: no earlier work is still queued
+        activate(self)
         _active = self
         self.active = True
         try:
@@ -213,6 +214,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             self._pinned.clear()
             if _active is self:
                 _active = None
+            deactivate(self)
 
     def _maybe_delay(self, site: Site, what: str, stream=None) -> None:
         user = user_frames(site)

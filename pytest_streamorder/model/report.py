@@ -1,16 +1,44 @@
-"""Race reports in words: both accesses, the memory, and the edge that is missing."""
+"""A race, and its report in words: both accesses, the memory, and the edge that is missing.
+
+The detector (hb.py) creates `Race`s; this module only reads them, so it needs nothing
+from hb.py (the model's modules import in one direction: clock, site -> objects ->
+report -> hb).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .hb import Access, Race
+from .objects import Access, Allocation
 
 STACK_LINES = 6
 
 
-def missing_edge(race: "Race") -> str:
+class Race:
+    """Two conflicting accesses with no happens-before edge between them.
+
+    str(race) is the full report (`format_race`); `race.explain()` its last line, the
+    missing edge in words (`missing_edge`)."""
+
+    __slots__ = ("earlier", "later", "alloc", "facts")
+
+    def __init__(self, earlier: Access, later: Access, alloc: Allocation, facts: tuple):
+        self.earlier = earlier
+        self.later = later
+        self.alloc = alloc  # the allocation the later access touched
+        self.facts = facts  # what the explanation needs, snapshotted when found
+
+    def explain(self) -> str:
+        return missing_edge(self)
+
+    def __str__(self) -> str:
+        return format_race(self)
+
+    def key(self) -> tuple:
+        """Same pair of source lines and kinds: the same bug, seen again."""
+        return (self.earlier.site.key(), self.earlier.is_write,
+                self.later.site.key(), self.later.is_write)
+
+
+def missing_edge(race: Race) -> str:
     """One or two sentences a CUDA programmer can act on."""
     first, second = race.earlier, race.later
     src, dst = first.agent, second.agent
@@ -47,7 +75,7 @@ def missing_edge(race: "Race") -> str:
     return f"{base} {hint}" if hint else base
 
 
-def _wait_hint(race: "Race") -> str:
+def _wait_hint(race: Race) -> str:
     """Why the waits the later stream did issue did not order it after the earlier access."""
     first = race.earlier
     src = first.agent
@@ -70,15 +98,15 @@ def _wait_hint(race: "Race") -> str:
     return ""
 
 
-def _verb(acc: "Access") -> str:
+def _verb(acc: Access) -> str:
     return "write" if acc.is_write else "read"
 
 
-def _verbed(acc: "Access") -> str:
+def _verbed(acc: Access) -> str:
     return "wrote" if acc.is_write else "read"
 
 
-def _access_block(title: str, acc: "Access") -> list[str]:
+def _access_block(title: str, acc: Access) -> list[str]:
     who = acc.agent.describe()
     lines = [f"  {title}: {acc.kind} by {who} in {acc.op}, bytes [{acc.start}, {acc.stop})"]
     stack = acc.site.user_lines()
@@ -87,7 +115,7 @@ def _access_block(title: str, acc: "Access") -> list[str]:
     return lines
 
 
-def format_race(race: "Race") -> str:
+def format_race(race: Race) -> str:
     first, second = race.earlier, race.later
     alloc = race.alloc
     lines = [

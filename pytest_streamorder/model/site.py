@@ -16,8 +16,9 @@ def _internal_prefixes() -> tuple[str, ...]:
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     # weakref.py: where a finalizer (our "free" event) runs, not where the user was.
     prefixes = [ours, os.path.abspath(weakref.__file__)]
-    # torch's and the test runner's frames are machinery too, when they are loaded.
-    for name in ("torch", "pluggy", "_pytest"):
+    # torch's, the test runner's and Hypothesis' (a @given test runs inside it) frames are
+    # machinery too, when they are loaded.
+    for name in ("torch", "pluggy", "_pytest", "hypothesis"):
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__file__", None):
             prefixes.append(os.path.dirname(os.path.abspath(module.__file__)) + os.sep)

@@ -8,22 +8,22 @@ missing edge also shows up as a stale value), and the caching-allocator model.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import torch
 
+from ..backend import activate, deactivate
 from ..errors import DeviceOpLimitExceeded, StreamRaceError  # noqa: F401  (re-exported)
 from ..model import HappensBefore, Race, Site
 from ..ops.limit import OpCounter
 from ..ops.naming import TensorLabel
 from ..ops.pinned import PinnedRegistry
 from ..ops.ranges import byte_range, extent
+from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Scheduler
 from .cuda_module import install as install_cuda_module, uninstall as uninstall_cuda_module
 from .interception import enter as enter_interception, exit as exit_interception
 from .issue import Ref
 from .memory import CachingAllocator
-from .scheduler import POLICIES, Chooser, Item, Scheduler
 from .streams import VirtualStream
 from .runtime import active_device, current, set_active  # noqa: F401  (active_device: re-exported)
 from .tensor import DeviceTensor
@@ -40,15 +40,6 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Everything needed to run the same schedule again: pass as virtual_device(replay=)."""
-
-    policy: str
-    seed: int | None
-    choices: tuple[int, ...]
-
-
 class VirtualDevice:
     """One run of a program on the virtual device. Use via `virtual_device(...)`."""
 
@@ -60,6 +51,9 @@ class VirtualDevice:
         if replay is not None:
             if not isinstance(replay, Schedule):
                 raise TypeError(f"replay= takes a Schedule (vd.schedule), got {type(replay).__name__}")
+            if replay.backend != "sim":
+                raise ValueError(f"a {replay.policy!r} schedule replays on the real-GPU backend, "
+                                 f"not on the virtual device")
             policy, seed = replay.policy, replay.seed
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {POLICIES}")
@@ -70,7 +64,10 @@ class VirtualDevice:
         self.hb = HappensBefore(on_race=self._on_race)
         # Every scheduling decision comes from the chooser: seeded, replayed, or (for
         # Hypothesis, so a failing schedule shrinks) drawn from a test case's data.
-        self.chooser = chooser or Chooser(seed, list(replay.choices) if replay is not None else None)
+        # A replay with choices=None (an old `policy:seed` token) reruns from the seed.
+        self.chooser = chooser or (Chooser(seed, replay.choices, replay.options)
+                                   if replay is not None and replay.choices is not None
+                                   else Chooser(seed))
         self.scheduler = Scheduler(policy, self.chooser)
         if record_timeline:
             self.scheduler.timeline = []
@@ -102,7 +99,9 @@ class VirtualDevice:
 
     @property
     def schedule(self) -> Schedule:
-        return Schedule(self.policy, self.seed, tuple(self.chooser.choices))
+        options = getattr(self.chooser, "options", None)  # only our Chooser records them
+        return Schedule(self.policy, self.seed, tuple(self.chooser.choices),
+                        tuple(options) if options is not None else None)
 
     @property
     def host_blocked_s(self) -> float:
@@ -122,6 +121,7 @@ class VirtualDevice:
             raise RuntimeError("virtual_device() is already active: nesting is not supported")
         if self.active or self._patches is not None:
             raise RuntimeError("a VirtualDevice runs once; create a new one")
+        activate(self)  # one backend at a time, either kind
         set_active(self)
         self.active = True
         try:
@@ -137,6 +137,7 @@ class VirtualDevice:
             if exc_type is None:
                 self.scheduler.drain_all()  # the program ends: queued work still runs
                 self.hb.sync_device()
+            _check_replay_finished(self.chooser, exc)
         finally:
             self._teardown()
 
@@ -149,6 +150,7 @@ class VirtualDevice:
                 uninstall_cuda_module(self._patches)
             self.active = False
             set_active(None)
+            deactivate(self)
 
     def check_active(self, what: str) -> None:
         if not self.active:
@@ -251,6 +253,21 @@ class VirtualDevice:
     def host_read(self, t: torch.Tensor, op: str, site: Site) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.host_access(t, False, op, site)
+
+
+def _check_replay_finished(chooser, exc: BaseException | None) -> None:
+    """A replay that ends with recorded choices unused diverged: raise ScheduleDiverged,
+    or, when the run already fails, add the news to its exception."""
+    check = getattr(chooser, "check_finished", None)
+    if check is None:
+        return
+    try:
+        check()
+    except ScheduleDiverged as diverged:
+        if exc is None:
+            raise
+        if hasattr(exc, "add_note") and not isinstance(exc, ScheduleDiverged):
+            exc.add_note(str(diverged))
 
 
 def virtual_device(seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,

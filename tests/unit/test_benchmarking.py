@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from pytest_streamorder import benchmarking
+from pytest_streamorder import benchmarking, cuda_sync_timer
 from pytest_streamorder.benchmarking import CostModel, StreamBenchmark
 from pytest_streamorder.sim.device import SLEEP_CYCLES_PER_NS
 from tests.benchmarks.resolve_scenario import (BATCH, POST_PUBLISH_MS, PRE_PUBLISH_MS, make_state,
@@ -218,31 +218,33 @@ def test_bad_settings_are_refused():
 
 
 def test_a_failing_call_leaves_no_device_active():
+    from pytest_streamorder.backend import active_backend
     from pytest_streamorder.sim import device as sim_device
 
     sb = StreamBenchmark(FakeBenchmark(), backend="virtual")
     with pytest.raises(ZeroDivisionError):
         sb(lambda: 1 / 0)
     assert sim_device._active is None
+    assert active_backend() is None
 
 
 def test_sync_timer_wraps_and_restores():
     """The real-CUDA sync wrappers (exercised for real only on a GPU)."""
     originals = (torch.cuda.synchronize, torch.cuda.Stream.synchronize,
                  torch.cuda.Event.synchronize)
-    with benchmarking._SyncTimer(implicit=False) as timer:
-        assert benchmarking._SyncTimer.current is timer
+    with cuda_sync_timer.SyncTimer(implicit=False) as timer:
+        assert cuda_sync_timer.SyncTimer.current is timer
         assert torch.cuda.Stream.synchronize.__wrapped__ is originals[1]
     assert (torch.cuda.synchronize, torch.cuda.Stream.synchronize,
             torch.cuda.Event.synchronize) == originals
-    assert benchmarking._SyncTimer.current is None
+    assert cuda_sync_timer.SyncTimer.current is None
 
 
 def test_implicit_sync_mode_times_host_reads():
     """Which calls count as implicit syncs (int64 CPU tensors stand in for CUDA ones)."""
-    timer = benchmarking._SyncTimer(implicit=False)
+    timer = cuda_sync_timer.SyncTimer(implicit=False)
     device = torch.arange(4)
-    with benchmarking._implicit_sync_mode(
+    with cuda_sync_timer.implicit_sync_mode(
             timer, is_device=lambda t: isinstance(t, torch.Tensor) and t.dtype == torch.int64):
         device.add(1)
         device[0].item()

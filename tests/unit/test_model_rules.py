@@ -714,3 +714,23 @@ def test_using_the_host_as_a_stream_is_an_error(hb, call):
 def test_something_else_than_a_stream_is_rejected(hb):
     with pytest.raises(TypeError, match="expected a stream of this model"):
         hb.sync_stream("forward")
+
+
+def test_race_stacks_leave_out_hypothesis_and_pytest_frames():
+    """A @given test runs inside Hypothesis' engine, a test inside pytest: a report's stack
+    (Site.user_lines) and its source line (Site.location, Site.key) show only user code."""
+    import _pytest.python
+    import hypothesis.core
+
+    from pytest_streamorder.model import Site
+
+    def user_code():
+        pass
+
+    hyp = hypothesis.core.StateForActualGivenExecution.execute_once.__code__
+    runner = _pytest.python.pytest_pyfunc_call.__code__
+    site = Site(((hyp, 10), (user_code.__code__, 42), (runner, 20), (hyp, 11)))
+    assert site.user_lines() == [site.lines()[1]]
+    assert site.user_lines()[0].endswith(":42 in user_code")
+    assert site.location() == site.user_lines()[0]
+    assert site.key() == (user_code.__code__.co_filename, 42)

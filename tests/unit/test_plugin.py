@@ -38,7 +38,7 @@ def test_broken_test_fails_with_report_and_replay_line(pytester):
     result.stdout.fnmatch_lines([
         "*StreamRaceError: stream-order race on 'buf'*",
         "*missing edge: stream 'd2h' read this before waiting for any event recorded on 'fwd'*",
-        "*replay: pytest --streamorder --streamorder-replay=random:0 'test_broken.py::test_d2h_not_gated'*",
+        "*replay: pytest --streamorder --streamorder-replay=v1.random.s0.* 'test_broken.py::test_d2h_not_gated'*",
         "*1 tests checked, 1 schedules explored*1 races found*",
     ])
 
@@ -56,7 +56,7 @@ def test_replay_runs_exactly_that_schedule_and_fails_the_same_way(pytester):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*policy delay, seed 5*",
-        "*--streamorder-replay=delay:5*",
+        "*--streamorder-replay=v1.delay.s5.* *",
         "*1 tests checked, 1 schedules explored*",
     ])
 
@@ -207,7 +207,7 @@ def test_xdist_gives_the_same_results_and_summary(pytester):
     spread.assert_outcomes(passed=1, failed=1)
     for result in (plain, spread):
         result.stdout.fnmatch_lines([
-            "*--streamorder-replay=random:7 'test_broken.py::test_d2h_not_gated'*",
+            "*--streamorder-replay=v1.random.s7.* 'test_broken.py::test_d2h_not_gated'*",
             "*2 tests checked, 9 schedules explored, 27 device ops simulated, 1 races found*",
         ])
 

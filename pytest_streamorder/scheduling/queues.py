@@ -1,0 +1,65 @@
+"""What the scheduler queues: work items, event marks, and each stream's FIFO and clock.
+
+Torch-free: an item's work is a plain callable.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+# Virtual time, in nanoseconds, that one device op costs when it has no explicit cost.
+DEFAULT_OP_NS = 2_000
+
+
+class Item:
+    """One unit of stream work. `run` executes it; `blocked_on` is an EventMark to wait for."""
+
+    __slots__ = ("label", "run", "blocked_on", "done_mark", "cost_ns", "done",
+                 "issued_ns", "finish_ns", "op_count")
+
+    def __init__(self, label: str, run: Callable[[], None] | None = None,
+                 blocked_on: "EventMark | None" = None, done_mark: "EventMark | None" = None,
+                 cost_ns: int = DEFAULT_OP_NS):
+        self.label = label
+        self.run = run
+        self.blocked_on = blocked_on
+        self.done_mark = done_mark
+        self.cost_ns = cost_ns
+        self.done = False
+        self.issued_ns = 0  # host's virtual time at enqueue: it cannot start before
+        self.finish_ns = 0
+        self.op_count = 0  # the model's op number on this stream, to mark races in a timeline
+
+
+class EventMark:
+    """One record of an event: completes when its item on the recording stream runs."""
+
+    __slots__ = ("stream", "done", "time_ns")
+
+    def __init__(self, stream: "StreamQueue"):
+        self.stream = stream
+        self.done = False
+        self.time_ns = 0
+
+
+class StreamQueue:
+    """A stream's FIFO of not-yet-run items, and its virtual clock."""
+
+    __slots__ = ("name", "index", "queue", "time_ns", "executed")
+
+    def __init__(self, name: str, index: int):
+        self.name = name
+        self.index = index
+        self.queue: deque[Item] = deque()
+        self.time_ns = 0  # when the last executed item finished, in virtual time
+        self.executed = 0
+
+    def ready(self) -> bool:
+        if not self.queue:
+            return False
+        mark = self.queue[0].blocked_on
+        return mark is None or mark.done
+
+    def __repr__(self) -> str:
+        return f"<StreamQueue {self.name}: {len(self.queue)} queued>"

@@ -1,0 +1,182 @@
+"""When queued device work runs: per-stream FIFO queues, virtual time, and a policy.
+
+The host enqueues work items on streams; nothing runs at enqueue time unless the policy
+says so. The policy (policies.py) is consulted at every *scheduling point* (after each
+enqueue, and while the host is blocked in a sync or polls a query) and picks which ready
+stream runs its next item. Work is legal to run when it is at the head of its stream and,
+for a wait, when the event capture it waits for has run: that is all CUDA promises. This
+module keeps the queues, the virtual clocks and the timeline; it decides nothing itself.
+
+Torch-free: items are plain callables.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .chooser import Chooser, ScheduleDiverged
+from .policies import POLICIES, Pct, Policy, make_policy
+from .queues import DEFAULT_OP_NS, EventMark, Item, StreamQueue  # noqa: F401  (re-exported)
+
+# Virtual time the host spends in one launch call.
+LAUNCH_NS = 500
+
+
+def _choose_with_reason(chooser) -> Callable[[int, str], int]:
+    """Our Chooser takes what a decision is for (for divergence messages); any other
+    chooser (e.g. strategies.HypothesisChooser) only `choose(n)`."""
+    if isinstance(chooser, Chooser):
+        return chooser.choose
+    choose = chooser.choose
+    return lambda n, what: choose(n)
+
+
+class Scheduler:
+    """Runs queued items in the order one policy picks."""
+
+    def __init__(self, policy: str = "random", chooser=None,
+                 pct_depth: int = 3, pct_horizon: int = 64):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {POLICIES}")
+        self.policy = policy  # the name; the decision logic is self.rule
+        self.chooser = chooser if chooser is not None else Chooser(0)
+        choose = _choose_with_reason(self.chooser)
+        self.rule: Policy = (Pct(choose, pct_depth, pct_horizon) if policy == "pct"
+                             else make_policy(policy, choose))
+        self.streams: list[StreamQueue] = []
+        self.steps = 0  # items run so far
+        self.host_time_ns = 0
+        self.host_blocked_ns = 0
+        self.host_syncs = 0  # syncs the host made (run_until calls), whether they blocked or not
+        self.launch_ns = LAUNCH_NS  # host virtual time per enqueue (a cost model may change it)
+        # When set to a list: what ran when, for a timeline (see pytest_streamorder/timeline.py):
+        # ("item", stream, item, start_ns) and ("host", label, start_ns, end_ns).
+        self.timeline: list | None = None
+        # Only policies that count steps (pct) pay for a call per item run.
+        self._after_step = (self.rule.after_step
+                            if type(self.rule).after_step is not Policy.after_step else None)
+
+    # --- streams and work ---------------------------------------------------------
+
+    def new_stream(self, name: str) -> StreamQueue:
+        stream = StreamQueue(name, len(self.streams))
+        self.streams.append(stream)
+        self.rule.new_stream(stream)
+        return stream
+
+    def enqueue(self, stream: StreamQueue, item: Item) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        self.host_time_ns += self.launch_ns
+        item.issued_ns = self.host_time_ns
+        stream.queue.append(item)
+        self._point()
+
+    # --- the host waiting ------------------------------------------------------------
+
+    def run_until(self, done: Callable[[], bool], finish_ns: Callable[[], int],
+                  target: StreamQueue | None = None) -> None:
+        """Block the host until `done()`; items run in policy order meanwhile. The host's
+        virtual clock then moves to `finish_ns()` if that is later: time spent blocked."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        self.host_syncs += 1
+        while not done():
+            self._step_forced(target)
+        blocked = finish_ns() - self.host_time_ns
+        if blocked > 0:
+            if self.timeline is not None:
+                what = f"sync {target.name}" if target is not None else "sync"
+                self.timeline.append(("host", what, self.host_time_ns, self.host_time_ns + blocked))
+            self.host_time_ns += blocked
+            self.host_blocked_ns += blocked
+
+    def drain(self, stream: StreamQueue) -> None:
+        """stream.synchronize(): everything queued on it so far has run."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        self.run_until(lambda: not stream.queue, lambda: stream.time_ns, target=stream)
+
+    def drain_all(self) -> None:
+        """torch.cuda.synchronize()."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        self.run_until(lambda: not any(s.queue for s in self.streams),
+                       lambda: max((s.time_ns for s in self.streams), default=0))
+
+    def wait_mark(self, mark: EventMark) -> None:
+        """event.synchronize()."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        self.run_until(lambda: mark.done, lambda: mark.time_ns, target=mark.stream)
+
+    def poll(self, mark: EventMark) -> bool:
+        """event.query(): True when done; otherwise make one step of progress, so that a
+        host loop polling query() always terminates, whatever the policy."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if mark.done:
+            return True
+        self._step_forced(mark.stream)
+        return False
+
+    def poll_stream(self, stream: StreamQueue) -> bool:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if not stream.queue:
+            return True
+        self._step_forced(stream)
+        return not stream.queue
+
+    # --- running items -----------------------------------------------------------------
+
+    def _run_one(self, stream: StreamQueue) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        item = stream.queue.popleft()
+        start = max(stream.time_ns, item.issued_ns)
+        if item.blocked_on is not None:
+            start = max(start, item.blocked_on.time_ns)
+        stream.time_ns = item.finish_ns = start + item.cost_ns
+        if self.timeline is not None:
+            self.timeline.append(("item", stream, item, start))
+        if item.run is not None:
+            item.run()
+        item.done = True
+        if item.done_mark is not None:
+            item.done_mark.done = True
+            item.done_mark.time_ns = stream.time_ns
+        stream.executed += 1
+        self.steps += 1
+        if self._after_step is not None:
+            self._after_step(self.steps, self.streams)
+
+    def _ready(self) -> list[StreamQueue]:
+        return [s for s in self.streams if s.ready()]
+
+    def _point(self) -> None:
+        """A scheduling point after an enqueue: run what the policy wants to run now."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        after_enqueue = self.rule.after_enqueue
+        while (ready := self._ready()):
+            try:
+                stream = after_enqueue(ready)
+            except ScheduleDiverged as exc:
+                _add_streams(exc, ready)
+                raise
+            if stream is None:
+                break
+            self._run_one(stream)
+
+    def _step_forced(self, target: StreamQueue | None) -> None:
+        """Run one item while the host is blocked waiting on `target` (None: any)."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        ready = self._ready()
+        if not ready:
+            raise RuntimeError(
+                "virtual device deadlock: the host waits but no stream can run "
+                "(an internal error; please report it with the schedule)")
+        try:
+            stream = self.rule.while_blocked(ready, target)
+        except ScheduleDiverged as exc:
+            _add_streams(exc, ready)
+            raise
+        self._run_one(stream)
+
+
+def _add_streams(exc: ScheduleDiverged, ready: list[StreamQueue]) -> None:
+    """Say which streams were ready where a replay diverged."""
+    if not exc.streams:
+        exc.streams = [s.name for s in ready]
