@@ -16,7 +16,7 @@ _LAZY = {
     "CudaBackend": "pytest_streamorder.gpu.backend",
     "CudaSchedule": "pytest_streamorder.gpu.backend",
     "active_backend": "pytest_streamorder.gpu.backend",
-    "cycles_per_ms": "pytest_streamorder.gpu.backend",
+    "cycles_per_ms": "pytest_streamorder.gpu.calibration",
     "DelayPlan": "pytest_streamorder.gpu.delay",
 }
 

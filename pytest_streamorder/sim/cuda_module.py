@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import contextlib
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..model import Site
 from .streams import VirtualEvent, VirtualStream
-
-if TYPE_CHECKING:
-    from .device import VirtualDevice
 
 _MISSING = object()
 
@@ -59,7 +55,7 @@ def _device_index(device) -> int:
     return 0
 
 
-def _replacements(vd: "VirtualDevice") -> dict:
+def _replacements(vd) -> dict:
     def current_stream(device=None):
         _device_index(device)
         return vd.current_stream
@@ -143,7 +139,7 @@ def _replacements(vd: "VirtualDevice") -> dict:
     return table
 
 
-def install(vd: "VirtualDevice") -> dict:
+def install(vd) -> dict:
     """Patch torch.cuda; returns what to restore."""
     import torch._dynamo  # noqa: F401  (it indexes torch.cuda on import: not while patched)
 

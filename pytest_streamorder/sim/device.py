@@ -9,34 +9,35 @@ missing edge also shows up as a stale value), and the caching-allocator model.
 from __future__ import annotations
 
 import itertools
-import weakref
 
 import torch
 
 from ..backend import activate, deactivate
-from ..errors import DeviceOpLimitExceeded, StreamRaceError
+from ..errors import DeviceOpLimitExceeded, StreamRaceError  # noqa: F401  (re-exported)
 from ..model import HappensBefore, Race, Site
+from ..ops.limit import OpCounter
+from ..ops.naming import TensorLabel
+from ..ops.pinned import PinnedRegistry
+from ..ops.ranges import byte_range, extent
 from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Scheduler
-from . import cuda_module, interception, ops
+from .cuda_module import install as install_cuda_module, uninstall as uninstall_cuda_module
+from .interception import enter as enter_interception, exit as exit_interception
+from .issue import Ref
 from .memory import CachingAllocator
-from .streams import VirtualEvent, VirtualStream
-from .tensor import DeviceTensor, byte_range, extent
+from .streams import VirtualStream
+from .runtime import active_device, current, set_active  # noqa: F401  (active_device: re-exported)
+from .tensor import DeviceTensor
 
 # Cycles per nanosecond assumed for torch.cuda._sleep: an H100's SM clock (1.98 GHz).
 SLEEP_CYCLES_PER_NS = 1.98
 DEFAULT_MAX_OPS = 1_000_000
 
-_active: "VirtualDevice | None" = None
 
-
-
-
-def active_device(what: str) -> "VirtualDevice":
-    if _active is None:
-        raise RuntimeError(
-            f"{what} needs an active virtual_device() context (virtual CUDA tensors and "
-            f"streams cannot be used after it ends: copy results to the host with .cpu())")
-    return _active
+def __getattr__(name):
+    # `device._active` (read by the plugin, strategies, benchmarking) lives in runtime.py.
+    if name == "_active":
+        return current()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class VirtualDevice:
@@ -71,7 +72,7 @@ class VirtualDevice:
         if record_timeline:
             self.scheduler.timeline = []
         self.allocator = CachingAllocator(self)
-        self.ops_issued = 0
+        self.op_counter = OpCounter(max_ops)
         # Per-op virtual cost: None gives every op the scheduler's DEFAULT_OP_NS; else a
         # callable (op name, accesses) -> ns, e.g. pytest_streamorder.benchmarking.CostModel.
         self.cost_model = None
@@ -79,13 +80,18 @@ class VirtualDevice:
         self.active = False
         self._handles = itertools.count(0x1000, 0x10)
         self._stream_names: dict[str, int] = {"default": 1}
-        self._pinned: dict[int, object] = {}  # host storage data_ptr -> model Allocation
+        # Pinned host storages; an entry goes (and the model frees it) with its storage.
+        self._pinned = PinnedRegistry(on_free=self._unpin)
         self.default_stream = VirtualStream(_vd=self, _name="default")
         self.current_stream = self.default_stream
         self._patches = None
         self._modes = None
 
     # --- results ------------------------------------------------------------------
+
+    @property
+    def ops_issued(self) -> int:
+        return self.op_counter.issued
 
     @property
     def races(self) -> list[Race]:
@@ -111,17 +117,16 @@ class VirtualDevice:
     # --- context ------------------------------------------------------------------
 
     def __enter__(self) -> "VirtualDevice":
-        global _active
-        if _active is not None:
+        if current() is not None:
             raise RuntimeError("virtual_device() is already active: nesting is not supported")
         if self.active or self._patches is not None:
             raise RuntimeError("a VirtualDevice runs once; create a new one")
-        activate(self)
-        _active = self
+        activate(self)  # one backend at a time, either kind
+        set_active(self)
         self.active = True
         try:
-            self._patches = cuda_module.install(self)
-            self._modes = interception.enter(self)
+            self._patches = install_cuda_module(self)
+            self._modes = enter_interception(self)
         except BaseException:
             self._teardown()
             raise
@@ -137,15 +142,14 @@ class VirtualDevice:
             self._teardown()
 
     def _teardown(self) -> None:
-        global _active
         try:
             if self._modes is not None:
-                interception.exit(self._modes)
+                exit_interception(self._modes)
         finally:
             if self._patches is not None:
-                cuda_module.uninstall(self._patches)
+                uninstall_cuda_module(self._patches)
             self.active = False
-            _active = None
+            set_active(None)
             deactivate(self)
 
     def check_active(self, what: str) -> None:
@@ -187,11 +191,7 @@ class VirtualDevice:
     # --- work -----------------------------------------------------------------------
 
     def _count_op(self, name: str) -> None:
-        self.ops_issued += 1
-        if self.ops_issued > self.max_ops:
-            raise DeviceOpLimitExceeded(
-                f"the program issued more than {self.max_ops} device ops (at {name}); "
-                f"raise max_ops or make the test smaller")
+        self.op_counter.count(name)
 
     def launch(self, name: str, accesses, site: Site, run, stream: VirtualStream | None = None) -> None:
         """Tell the model, then queue `run` (None: nothing to execute) on the stream."""
@@ -207,7 +207,7 @@ class VirtualDevice:
     def new_tensor(self, size, stride, offset, dtype, label, site: Site, op: str = "") -> DeviceTensor:
         """Fresh device memory (from the current stream's pool) laid out as given."""
         nbytes = extent(size, stride, offset, dtype.itemsize)[1]
-        storage = self.allocator.allocate(nbytes, label or _Label(op, dtype, size, site), site)
+        storage = self.allocator.allocate(nbytes, label or TensorLabel(op, dtype, size, site), site)
         return DeviceTensor(storage, size, stride, offset, dtype)
 
     def custom_kernel(self, name: str, reads, writes, cpu_impl, site: Site) -> None:
@@ -218,7 +218,7 @@ class VirtualDevice:
                 raise TypeError(f"custom kernel {name!r}: {type(t).__name__} is not a virtual CUDA tensor")
         accesses = [(t._vs.alloc, *t._range, False) for t in reads] + \
                    [(t._vs.alloc, *t._range, True) for t in writes]
-        refs = [ops.Ref(t) for t in list(reads) + list(writes)]
+        refs = [Ref(t) for t in list(reads) + list(writes)]
 
         def run():
             with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
@@ -230,30 +230,24 @@ class VirtualDevice:
 
     def register_pinned(self, t: torch.Tensor, site: Site) -> torch.Tensor:
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        alloc = self.hb.allocate(storage.nbytes(), _Label("pinned", t.dtype, tuple(t.shape), site),
+        alloc = self.hb.allocate(storage.nbytes(), TensorLabel("pinned", t.dtype, tuple(t.shape), site),
                                  site, space="host")
-        self._pinned[ptr] = alloc
-        weakref.finalize(storage, self._unpin, ptr, alloc)
+        self._pinned.add(t, alloc)
         return t
 
-    def _unpin(self, ptr: int, alloc) -> None:
-        if self._pinned.get(ptr) is alloc:
-            del self._pinned[ptr]
-            if self.active:
-                self.hb.free(alloc)
+    def _unpin(self, alloc) -> None:
+        if self.active:
+            self.hb.free(alloc)
 
     def pinned_alloc(self, t: torch.Tensor):
         """The model allocation of a pinned host tensor, or None if it is pageable."""
-        if not self._pinned or isinstance(t, DeviceTensor) or t.device.type != "cpu":
-            return None
-        return self._pinned.get(t.untyped_storage().data_ptr())
+        return self._pinned.lookup(t)
 
     def host_access(self, t: torch.Tensor, is_write: bool, op: str, site: Site) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         alloc = self.pinned_alloc(t)
         if alloc is not None:
-            start, stop = _host_range(t)
+            start, stop = byte_range(t)
             self.hb.host_access(op, [(alloc, start, stop, is_write)], site)
 
     def host_read(self, t: torch.Tensor, op: str, site: Site) -> None:
@@ -274,43 +268,6 @@ def _check_replay_finished(chooser, exc: BaseException | None) -> None:
             raise
         if hasattr(exc, "add_note") and not isinstance(exc, ScheduleDiverged):
             exc.add_note(str(diverged))
-
-
-def _host_range(t: torch.Tensor) -> tuple[int, int]:
-    return byte_range(t)
-
-
-class _Label:
-    """An allocation's name in reports, worked out only when a report prints it."""
-
-    __slots__ = ("op", "dtype", "size", "site", "_text")
-
-    def __init__(self, op, dtype, size, site):
-        self.op, self.dtype, self.size, self.site, self._text = op, dtype, size, site, None
-
-    def __str__(self) -> str:
-        if self._text is None:
-            from .streams import name_from_source
-
-            what = f"{str(self.dtype).replace('torch.', '')}{list(self.size)}"
-            var = name_from_source(_user_site(self.site), "")
-            origin = f"'{var}'" if var else f"output of {self.op}" if self.op else "tensor"
-            self._text = f"{origin} ({what})"
-        return self._text
-
-    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
-
-
-def _user_site(site: Site) -> Site:
-    """The site trimmed to its innermost user frame."""
-    from ..model.site import _internal_prefixes
-    import os
-
-    prefixes = _internal_prefixes()
-    for i, (code, _line) in enumerate(site.frames):
-        if not os.path.abspath(code.co_filename).startswith(prefixes):
-            return Site(site.frames[i:])
-    return site
 
 
 def virtual_device(seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,

@@ -5,24 +5,23 @@
   tolist/numpy/repr, host accesses to pinned tensors, and the few methods whose C++
   installs a CUDA device guard before dispatch (those get a cpu-device twin).
 - Every aten op with a device tensor argument then reaches `dispatch` through the
-  device tensor's __torch_dispatch__: it is issued to a stream (ops.py), and copies
+  device tensor's __torch_dispatch__: it is issued to a stream (issue.py), and copies
   between host and device follow CUDA's copy rules. Host-only ops never enter Python
   dispatch, which keeps the host side of a program nearly as fast as plain torch.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch.overrides import TorchFunctionMode
 
 from ..model import Site
-from . import ops
-from .tensor import DeviceTensor, Twin, extent
-
-if TYPE_CHECKING:
-    from .device import VirtualDevice
+from ..ops.host import call_name, host_accesses, pinned_operands
+from ..ops.ranges import byte_range, extent
+from .issue import Ref, _access, issue, output_layouts
+from .runtime import active_device
+from .streams import VirtualStream
+from .tensor import DeviceTensor, Twin, set_dispatch
 
 aten = torch.ops.aten
 T = torch.Tensor
@@ -77,7 +76,7 @@ def _untwin(v):
 
 
 class FunctionMode(TorchFunctionMode):
-    def __init__(self, vd: "VirtualDevice"):
+    def __init__(self, vd):
         super().__init__()
         self.vd = vd
 
@@ -96,11 +95,27 @@ class FunctionMode(TorchFunctionMode):
             kw = dict(kwargs, pin_memory=False)
             return self.vd.register_pinned(func(*args, **kw), Site.here(1))
         if self.vd._pinned:
-            _host_accesses(self.vd, func, args, kwargs)
+            hits = pinned_operands(args, kwargs, self.vd._pinned.lookup)
+            if hits:
+                return _host_call(self.vd, func, args, kwargs, hits)
         return func(*args, **kwargs)
 
 
-def _factory(vd: "VirtualDevice", func, args, kwargs):
+def _host_call(vd, func, args, kwargs, hits):
+    """A host-side call with pinned tensors among its arguments (ops/host.py says which
+    it reads and writes)."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    out = func(*args, **kwargs)
+    accesses = host_accesses(func, hits, out)
+    if accesses:
+        site = Site.here(2)
+        name = f"host {call_name(func)}"
+        for t, _alloc, is_write in accesses:
+            vd.host_access(t, is_write, name, site)
+    return out
+
+
+def _factory(vd, func, args, kwargs):
     """torch.zeros(..., device="cuda") and friends."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     site = Site.here(2)
@@ -121,17 +136,17 @@ def _factory(vd: "VirtualDevice", func, args, kwargs):
     return out
 
 
-def upload(vd: "VirtualDevice", dst: DeviceTensor, src: torch.Tensor, site: Site, name: str,
+def upload(vd, dst: DeviceTensor, src: torch.Tensor, site: Site, name: str,
            blocking: bool, snapshot: bool = True) -> None:
     """H2D copy on the current stream. From pinned memory with non_blocking, the copy reads
     the host buffer when it runs; otherwise the host data is taken now (pageable copies
     are staged synchronously), and a blocking copy also waits for the stream."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     pinned = vd.pinned_alloc(src)
-    dst_ref = ops.Ref(dst)
-    accesses = [ops._access(dst, True)]
+    dst_ref = Ref(dst)
+    accesses = [_access(dst, True)]
     if pinned is not None and not blocking:
-        start, stop = ops.byte_range(src)
+        start, stop = byte_range(src)
         accesses.append((pinned, start, stop, False))
         host_src = src  # read when the copy runs
     else:
@@ -147,16 +162,16 @@ def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
         aten.copy_.default(dst, src)
 
 
-def download(vd: "VirtualDevice", dst: torch.Tensor, src: DeviceTensor, site: Site, name: str,
+def download(vd, dst: torch.Tensor, src: DeviceTensor, site: Site, name: str,
              non_blocking: bool) -> torch.Tensor:
     """D2H copy on the current stream. Into pinned memory with non_blocking, the host
     returns at once and the data lands when the copy runs; otherwise the host waits."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     pinned = vd.pinned_alloc(dst)
-    src_ref = ops.Ref(src)
-    accesses = [ops._access(src, False)]
+    src_ref = Ref(src)
+    accesses = [_access(src, False)]
     if pinned is not None:
-        start, stop = ops.byte_range(dst)
+        start, stop = byte_range(dst)
         accesses.append((pinned, start, stop, True))
     vd.launch(name, accesses, site, lambda: _copy_into(dst, src_ref.view()))
     if pinned is None or not non_blocking:
@@ -222,8 +237,6 @@ def _is_pinned(vd, func, args, kwargs):
 
 def _record_stream(vd, func, args, kwargs):
     self, stream = args[0], args[1] if len(args) > 1 else kwargs["stream"]
-    from .streams import VirtualStream
-
     if not isinstance(self, DeviceTensor):
         raise RuntimeError("record_stream: only tensors on the (virtual) CUDA device have streams")
     if not isinstance(stream, VirtualStream):
@@ -301,8 +314,6 @@ FUNCTION_HANDLERS = {
 def dispatch(func, types, args, kwargs):
     """An aten op with a device tensor (or twin) argument."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
-    from .device import active_device
-
     vd = active_device(f"{func} on a virtual CUDA tensor")
     kwargs = kwargs or {}
     if Twin in types:
@@ -311,34 +322,7 @@ def dispatch(func, types, args, kwargs):
     handler = DISPATCH_HANDLERS.get(func)
     if handler is not None:
         return handler(vd, func, args, kwargs)
-    return ops.issue(vd, func, args, kwargs, Site.here(2))
-
-
-def _host_accesses(vd: "VirtualDevice", func, args, kwargs) -> None:
-    """Report host reads and writes of pinned tensors by a host-side torch call. The
-    call writes its first argument when it is in-place (name ends in '_') or
-    __setitem__, and writes `out=`; it reads every other tensor argument."""
-    __tracebackhide__ = True  # pytest: show the user's frames, not ours
-    found = None
-    for i, v in enumerate(args):
-        if isinstance(v, torch.Tensor) and not isinstance(v, DeviceTensor) \
-                and vd.pinned_alloc(v) is not None:
-            found = found or []
-            found.append((v, i == 0 and _writes_self(func)))
-    out = kwargs.get("out")
-    if isinstance(out, torch.Tensor) and vd.pinned_alloc(out) is not None:
-        found = found or []
-        found.append((out, True))
-    if found:
-        site = Site.here(2)
-        name = f"host {getattr(func, '__name__', func)}"
-        for t, is_write in found:
-            vd.host_access(t, is_write, name, site)
-
-
-def _writes_self(func) -> bool:
-    name = getattr(func, "__name__", "")
-    return name == "__setitem__" or (name.endswith("_") and not name.endswith("__"))
+    return issue(vd, func, args, kwargs, Site.here(2))
 
 
 def _copy_(vd, func, args, kwargs):
@@ -353,7 +337,7 @@ def _copy_(vd, func, args, kwargs):
     if src_dev and not dst_dev:
         return download(vd, dst, src, site, "D2H copy_", non_blocking)
     if dst_dev:
-        return ops.issue(vd, func, (dst, src), {}, site)
+        return issue(vd, func, (dst, src), {}, site)
     return func(*args, **kwargs)
 
 
@@ -371,7 +355,7 @@ def _to_copy(vd, func, args, kwargs):
             vd.register_pinned(dst, site)
         return download(vd, dst, self, site, "D2H copy (to cpu)", non_blocking)
     if isinstance(self, DeviceTensor) or _has_device_tensor(args, kwargs):
-        return ops.issue(vd, func, args, kwargs, Site.here(2))
+        return issue(vd, func, args, kwargs, Site.here(2))
     if device is not None and _is_cuda(device):
         site = Site.here(2)
         kw = dict(kwargs, device="cpu")
@@ -393,7 +377,7 @@ def _inplace_view(vd, func, args, kwargs):
     self = args[0]
     if not isinstance(self, DeviceTensor):
         return func(*args, **kwargs)
-    size, stride, offset, _dtype = ops.output_layouts(func, args, kwargs)[0]
+    size, stride, offset, _dtype = output_layouts(func, args, kwargs)[0]
     with torch.utils._mode_utils.no_dispatch():
         aten.as_strided_.default(self, size, stride, offset)
     # Queued work reads these, not torch's metadata: keep them in step.
@@ -427,7 +411,10 @@ for _op in (aten.t_.default, aten.transpose_.default, aten.unsqueeze_.default,
     DISPATCH_HANDLERS[_op] = _inplace_view
 
 
-def enter(vd: "VirtualDevice") -> FunctionMode:
+set_dispatch(dispatch)  # DeviceTensor and Twin hand every aten op to dispatch()
+
+
+def enter(vd) -> FunctionMode:
     mode = FunctionMode(vd)
     mode.__enter__()
     return mode

@@ -11,15 +11,9 @@ zeros.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..model import Site
-
-if TYPE_CHECKING:
-    from .device import VirtualDevice, VirtualStream
-    from ..model import Allocation
 
 BLOCK_BYTES = 512  # CUDA's allocator rounds sizes up to 512 bytes
 
@@ -39,7 +33,7 @@ class Block:
 
     __slots__ = ("address", "nbytes", "data", "stream", "pending", "typed")
 
-    def __init__(self, address: int, nbytes: int, stream: "VirtualStream"):
+    def __init__(self, address: int, nbytes: int, stream):
         self.address = address
         self.nbytes = nbytes
         self.data = torch.empty(nbytes, dtype=torch.uint8)
@@ -55,7 +49,7 @@ class VirtualStorage:
 
     __slots__ = ("block", "alloc", "nbytes", "recorded_streams", "allocator")
 
-    def __init__(self, block: Block, alloc: "Allocation", nbytes: int,
+    def __init__(self, block: Block, alloc, nbytes: int,
                  allocator: "CachingAllocator | None" = None):
         self.block = block
         self.alloc = alloc
@@ -76,7 +70,7 @@ class VirtualStorage:
 class CachingAllocator:
     """Per-stream pools of freed blocks, keyed by rounded size."""
 
-    def __init__(self, device: "VirtualDevice"):
+    def __init__(self, device):
         self.device = device
         self._pools: dict[tuple[int, int], list[Block]] = {}  # (stream id, size) -> blocks
         self._next_address = 0x7F00_0000_0000
@@ -100,7 +94,7 @@ class CachingAllocator:
                                         space="device", address=block.address)
         return VirtualStorage(block, alloc, nbytes, self)
 
-    def _take(self, stream: "VirtualStream", size: int) -> Block | None:
+    def _take(self, stream, size: int) -> Block | None:
         pool = self._pools.get((id(stream), size))
         if not pool:
             return None
@@ -111,7 +105,7 @@ class CachingAllocator:
                 return pool.pop(i)
         return None
 
-    def free(self, block: Block, alloc: "Allocation", recorded: set) -> None:
+    def free(self, block: Block, alloc, recorded: set) -> None:
         """The last tensor using the storage is gone (called from its __del__)."""
         device = self.device
         if not device.active:

@@ -7,42 +7,12 @@ scheduler (so values really are stale when an edge is missing).
 
 from __future__ import annotations
 
-import linecache
-import re
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..model import Site
+from ..ops.naming import name_from_source
+from .runtime import active_device
 from .scheduler import EventMark, Item
-
-if TYPE_CHECKING:
-    from .device import VirtualDevice
-
-_ASSIGNED_NAMES = re.compile(
-    r"^\s*((?:self\.)?\w+(?:\s*,\s*(?:self\.)?\w+)*)\s*(?::[^=]*)?=(?!=)")
-_created_at: dict = {}  # (file, line) -> how many objects that line created so far
-
-
-def name_from_source(site: Site, fallback: str) -> str:
-    """The variable a stream/event is assigned to on its creation line, e.g.
-    `self.fwd_prepare_d2h_stream = torch.cuda.Stream()` -> 'fwd_prepare_d2h_stream';
-    `fwd, d2h = torch.cuda.Stream(), torch.cuda.Stream()` -> 'fwd', then 'd2h'; also
-    when the call continues an assignment from up to two lines above."""
-    for code, line in site.frames[:1]:
-        for back in range(3):
-            text = linecache.getline(code.co_filename, line - back)
-            m = _ASSIGNED_NAMES.match(text)
-            if m:
-                names = [n.strip().removeprefix("self.") for n in m.group(1).split(",")]
-                key = (code.co_filename, line)
-                nth = _created_at.get(key, 0)
-                _created_at[key] = nth + 1
-                name = names[nth % len(names)]
-                return name if name != "_" else fallback
-            if back == 0 and ")" in text.split("(")[0]:
-                break
-    return fallback
 
 
 class VirtualStream(torch.Stream):
@@ -50,17 +20,15 @@ class VirtualStream(torch.Stream):
     is a real torch.Stream (device cuda:0), so torch's own checks such as
     Tensor.record_stream accept it."""
 
-    def __new__(cls, device=None, priority: int = 0, *, _vd: "VirtualDevice | None" = None,
+    def __new__(cls, device=None, priority: int = 0, *, _vd=None,
                 _name: str | None = None, **kwargs):
-        from .device import active_device
-
         vd = _vd or active_device("torch.cuda.Stream()")
         stream_id = 0 if _name == "default" else vd.next_handle()
         self = super().__new__(cls, stream_id=stream_id, device_index=0, device_type=1)
         self._vd = vd
         return self
 
-    def __init__(self, device=None, priority: int = 0, *, _vd: "VirtualDevice | None" = None,
+    def __init__(self, device=None, priority: int = 0, *, _vd=None,
                  _name: str | None = None, **kwargs):
         vd = self._vd
         _check_device_arg(device)
@@ -86,7 +54,7 @@ class VirtualStream(torch.Stream):
             raise TypeError(f"Stream.wait_event expects a torch.cuda.Event, got {type(event).__name__}")
         event._wait_on(self, Site.here(1))
 
-    def wait_stream(self, stream: "VirtualStream") -> None:
+    def wait_stream(self, stream) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.wait_stream")
         if not isinstance(stream, VirtualStream):
@@ -142,10 +110,8 @@ class VirtualEvent:
     """A CUDA event of the virtual device."""
 
     def __init__(self, enable_timing: bool = False, blocking: bool = False,
-                 interprocess: bool = False, *, _vd: "VirtualDevice | None" = None,
+                 interprocess: bool = False, *, _vd=None,
                  _name: str | None = None):
-        from .device import active_device
-
         vd = _vd or active_device("torch.cuda.Event()")
         if interprocess:
             raise NotImplementedError("torch.cuda.Event(interprocess=True) is not modelled by the virtual device")
@@ -214,7 +180,7 @@ class VirtualEvent:
         return f"<torch.cuda.Event '{self.name}' (virtual)>"
 
 
-def _stream_or_current(vd: "VirtualDevice", stream) -> VirtualStream:
+def _stream_or_current(vd, stream) -> VirtualStream:
     if stream is None:
         return vd.current_stream
     if not isinstance(stream, VirtualStream):

@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import torch
 
-from .memory import VirtualStorage
+from ..ops.ranges import extent
 
 CUDA0 = torch.device("cuda", 0)
 
+# The handler of every aten op on a device tensor: interception.py registers it when it
+# is imported (device.py imports it before any device tensor exists).
+_dispatch = None
+
+
+def set_dispatch(handler) -> None:
+    global _dispatch
+    _dispatch = handler
+
 
 class DeviceTensor(torch.Tensor):
-    _vs: VirtualStorage
+    _vs: object  # memory.VirtualStorage: the block and its model allocation
     _layout: tuple  # (size, stride, offset): what queued work needs, without torch calls
     _range: tuple  # (start, stop) bytes of the storage it can touch
 
     @staticmethod
-    def __new__(cls, storage: VirtualStorage, size, stride, offset: int, dtype: torch.dtype):
+    def __new__(cls, storage, size, stride, offset: int, dtype: torch.dtype):
         t = torch.Tensor._make_wrapper_subclass(
             cls, size, strides=stride, storage_offset=offset, dtype=dtype, device=CUDA0,
             storage_size=storage.block.nbytes, requires_grad=False)
@@ -36,9 +45,7 @@ class DeviceTensor(torch.Tensor):
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        from .interception import dispatch
-
-        return dispatch(func, types, args, kwargs)
+        return _dispatch(func, types, args, kwargs)
 
     def cpu_view(self) -> torch.Tensor:
         """The tensor's bytes, now, as a CPU tensor (no ordering, no sync)."""
@@ -67,9 +74,7 @@ class Twin(torch.Tensor):
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        from .interception import dispatch
-
-        return dispatch(func, types, args, kwargs)
+        return _dispatch(func, types, args, kwargs)
 
 
 def view_of(block, dtype: torch.dtype, size, stride, offset: int) -> torch.Tensor:
@@ -80,22 +85,3 @@ def view_of(block, dtype: torch.dtype, size, stride, offset: int) -> torch.Tenso
         usable = data.numel() // dtype.itemsize * dtype.itemsize
         flat = block.typed[dtype] = data[:usable].view(dtype)
     return torch.ops.aten.as_strided.default(flat, size, stride, offset)
-
-
-def extent(size, stride, offset: int, itemsize: int) -> tuple[int, int]:
-    """[start, stop) bytes of its storage that a strided layout can touch; (0, 0) if empty."""
-    first = last = offset
-    for n, st in zip(size, stride):
-        if n == 0:
-            return 0, 0
-        if st > 0:
-            last += (n - 1) * st
-        else:
-            first += (n - 1) * st
-    return first * itemsize, (last + 1) * itemsize
-
-
-def byte_range(t: torch.Tensor) -> tuple[int, int]:
-    if isinstance(t, DeviceTensor):
-        return t._range
-    return extent(t.shape, t.stride(), t.storage_offset(), t.dtype.itemsize)

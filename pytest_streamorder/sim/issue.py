@@ -11,92 +11,13 @@ the host wait for that stream.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import torch
 
 from ..model import Site
-from .tensor import DeviceTensor, byte_range, view_of
-
-if TYPE_CHECKING:
-    from .device import VirtualDevice
+from ..ops.schema import op_info
+from .tensor import DeviceTensor, view_of
 
 aten = torch.ops.aten
-
-# Ops that only allocate: their output is uninitialised memory (poison), no device work.
-EMPTY_OPS = {
-    aten.empty.memory_format, aten.empty_strided.default, aten.empty_like.default,
-    aten.new_empty.default, aten.new_empty_strided.default,
-}
-
-# Ops whose output shape or value depends on device data: a GPU syncs for these too.
-DATA_DEPENDENT = {
-    aten.nonzero.default, aten.masked_select.default, aten.bincount.default,
-    aten._unique2.default, aten.unique_consecutive.default, aten.unique_dim.default,
-    aten.equal.default, aten.repeat_interleave.Tensor, aten.is_nonzero.default,
-    aten._local_scalar_dense.default, aten.item.default, aten.index.Tensor,
-}
-
-
-class OpSchema:
-    """What the schema says about one op: which arguments it writes, which outputs alias
-    which argument, and whether it is a pure view (no device work at all)."""
-
-    __slots__ = ("name", "args", "written", "returns_alias", "returns_tensors", "is_view",
-                 "seeded", "returns_list", "n_returns")
-
-    def __init__(self, func):
-        schema = func._schema
-        self.name = f"aten.{schema.name.split('::')[-1]}" + \
-            (f".{schema.overload_name}" if schema.overload_name else "")
-        self.args = [a.name for a in schema.arguments]
-        self.written = {a.name for a in schema.arguments
-                        if a.alias_info is not None and a.alias_info.is_write}
-        alias_of = {}
-        for a in schema.arguments:
-            if a.alias_info is not None:
-                for s in a.alias_info.before_set:
-                    alias_of.setdefault(s, a.name)
-        self.returns_alias = []  # per return: the argument name it aliases, or None
-        for r in schema.returns:
-            name = None
-            if r.alias_info is not None:
-                for s in r.alias_info.before_set:
-                    name = alias_of.get(s, name)
-            self.returns_alias.append(name)
-        self.returns_tensors = all(
-            str(r.type) in ("Tensor", "List[Tensor]", "Tensor[]") for r in schema.returns)
-        self.is_view = (bool(schema.returns) and not self.written
-                        and all(a is not None for a in self.returns_alias))
-        self.seeded = torch.Tag.nondeterministic_seeded in func.tags
-        self.n_returns = len(schema.returns)
-        self.returns_list = self.n_returns == 1 and \
-            str(schema.returns[0].type) in ("List[Tensor]", "Tensor[]")
-
-
-_SCHEMAS: dict = {}
-
-
-def schema_of(func) -> OpSchema:
-    s = _SCHEMAS.get(func)
-    if s is None:
-        s = _SCHEMAS[func] = OpSchema(func)
-    return s
-
-
-def bind(schema: OpSchema, args, kwargs) -> list[tuple[str, Any]]:
-    """(argument name, value) for every argument given."""
-    bound = list(zip(schema.args, args))
-    bound.extend(kwargs.items())
-    return bound
-
-
-def tensors_in(value) -> list:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [v for v in value if isinstance(v, torch.Tensor)]
-    return []
 
 
 # --- metadata via meta tensors, cached by input layout ---------------------------
@@ -153,14 +74,15 @@ def output_layouts(func, args, kwargs) -> list:
     try:
         out = func(*meta_args, **meta_kwargs)
     except (NotImplementedError, RuntimeError) as exc:
-        if func in DATA_DEPENDENT or torch.Tag.dynamic_output_shape in func.tags \
-                or torch.Tag.data_dependent_output in func.tags:
+        if op_info(func).may_sync:
             raise NeedsSync() from exc
         raise NotImplementedError(
-            f"{schema_of(func).name} cannot run on the virtual device: it has no meta "
+            f"{op_info(func).name} cannot run on the virtual device: it has no meta "
             f"kernel to compute its output shape ({str(exc).splitlines()[0][:200]})") from None
     outs = out if isinstance(out, (list, tuple)) else [out]
-    layouts = [(tuple(o.shape), o.stride(), o.storage_offset(), o.dtype) for o in outs]
+    # None: an optional output the op did not produce
+    layouts = [None if o is None else (tuple(o.shape), o.stride(), o.storage_offset(), o.dtype)
+               for o in outs]
     if key is not None:
         _META_CACHE[key] = layouts
     return layouts
@@ -222,71 +144,68 @@ def run_captured(func, cargs, ckwargs, outs: list, seed: int | None):
                 aten.copy_.default(ref.view(), value)
 
 
-def describe_tensor(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}"
-
-
-def issue(vd: "VirtualDevice", func, args, kwargs, site: Site):
-    """Issue one op with device-tensor arguments on the current stream."""
+def issue(vd, func, args, kwargs, site: Site):
+    """Issue one op with device-tensor arguments on vd's current stream."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
-    schema = schema_of(func)
-    bound = bind(schema, args, kwargs)
+    info = op_info(func)
+    operands = info.operands(args, kwargs)
     host_inputs = []
-    for name, value in bound:
-        for t in tensors_in(value):
-            if type(t) is not DeviceTensor and t.dim() > 0:
-                if name != "indices":
-                    raise RuntimeError(
-                        f"Expected all tensors to be on the same device, but found at least "
-                        f"two devices, cuda:0 and cpu! (argument '{name}' of {schema.name})")
-                host_inputs.append(t)  # CPU index tensors are uploaded with the launch
+    for name, t, _write in operands:
+        if type(t) is not DeviceTensor and t.dim() > 0:
+            if name != "indices":
+                raise RuntimeError(
+                    f"Expected all tensors to be on the same device, but found at least "
+                    f"two devices, cuda:0 and cpu! (argument '{name}' of {info.name})")
+            host_inputs.append(t)  # CPU index tensors are uploaded with the launch
 
-    if func in EMPTY_OPS:
+    if info.is_empty:
         size, stride, offset, dtype = output_layouts(func, args, kwargs)[0]
-        return vd.new_tensor(size, stride, offset, dtype, f"{schema.name} {dtype}", site)
-
-    if not schema.returns_tensors:
+        return vd.new_tensor(size, stride, offset, dtype, None, site, info.name)
+    if info.metadata:
+        return _metadata(func, args, kwargs)
+    if not info.returns_tensors or info.syncs_with(args, kwargs):
         return issue_sync(vd, func, args, kwargs, site)
     try:
-        layouts = output_layouts(func, args, kwargs) if func._schema.returns else []
+        layouts = output_layouts(func, args, kwargs) if info.n_returns else []
     except NeedsSync:
         return issue_sync(vd, func, args, kwargs, site)
 
-    by_name = dict(bound)
-    aliases = schema.returns_alias * len(layouts) if schema.returns_list else schema.returns_alias
+    by_name = dict(zip(info.arg_names, args))
+    by_name.update(kwargs)
     outputs, out_refs, accesses = [], [], []
-    for (size, stride, offset, dtype), alias in zip(layouts, aliases):
+    for i, layout in enumerate(layouts):
+        if layout is None:
+            outputs.append(None)
+            out_refs.append(None)
+            continue
+        size, stride, offset, dtype = layout
+        alias = info.output_alias(i)
         if alias is not None:
             base = by_name[alias]
-            if isinstance(base, (list, tuple)):  # e.g. unbind/split: views of one tensor
-                base = base[0]
+            if isinstance(base, (list, tuple)):  # a list argument: output i aliases element i
+                base = base[i] if i < len(base) else base[0]
             outputs.append(DeviceTensor(base._vs, size, stride, offset, dtype))
             out_refs.append(None)
         else:
-            out = vd.new_tensor(size, stride, offset, dtype, None, site, schema.name)
+            out = vd.new_tensor(size, stride, offset, dtype, None, site, info.name)
             outputs.append(out)
             out_refs.append(Ref(out))
             accesses.append(_access(out, True))
 
-    if not schema.is_view:
-        written = schema.written
-        for name, value in bound:
-            if isinstance(value, DeviceTensor):
-                accesses.append(_access(value, name in written))
-            elif isinstance(value, (list, tuple)):
-                for t in value:
-                    if isinstance(t, DeviceTensor):
-                        accesses.append(_access(t, name in written))
+    if not info.is_view:
+        for _name, t, write in operands:
+            if isinstance(t, DeviceTensor):
+                accesses.append(_access(t, write))
         for t in host_inputs:
-            vd.host_read(t, f"upload of {schema.name} argument", site)
-        seed = int(torch.randint(0, 2**62, ())) if schema.seeded else None
+            vd.host_read(t, f"upload of {info.name} argument", site)
+        seed = int(torch.randint(0, 2**62, ())) if info.seeded else None
         cargs = capture(args)
         ckwargs = {k: capture(v) for k, v in kwargs.items()} if kwargs else kwargs
-        vd.launch(schema.name, accesses, site,
+        vd.launch(info.name, accesses, site,
                   lambda: run_captured(func, cargs, ckwargs, out_refs, seed))
-    if schema.returns_list:
+    if info.returns_list:
         return outputs
-    if schema.n_returns == 1:
+    if info.n_returns == 1:
         return outputs[0]
     return tuple(outputs) if outputs else None
 
@@ -296,17 +215,22 @@ def _access(t: DeviceTensor, is_write: bool):
     return (t._vs.alloc, start, stop, is_write)
 
 
-def issue_sync(vd: "VirtualDevice", func, args, kwargs, site: Site):
-    """A data-dependent op: the host waits for the current stream, then it runs now."""
+def _metadata(func, args, kwargs):
+    """A query of metadata only (is_same_size, sym_numel, ...): answered from the
+    layouts, no device work and no sync, as on CUDA."""
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+        return func(*_to_meta(args), **{k: _to_meta(v) for k, v in kwargs.items()})
+
+
+def issue_sync(vd, func, args, kwargs, site: Site):
+    """An op that hands data to the host: the host waits for the current stream, then it
+    runs now."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
-    schema = schema_of(func)
+    info = op_info(func)
     stream = vd.current_stream
-    accesses = []
-    for name, value in bind(schema, args, kwargs):
-        for t in tensors_in(value):
-            if isinstance(t, DeviceTensor):
-                accesses.append(_access(t, name in schema.written))
-    vd.launch(schema.name, accesses, site, None)
+    accesses = [_access(t, write) for _name, t, write in info.operands(args, kwargs)
+                if isinstance(t, DeviceTensor)]
+    vd.launch(info.name, accesses, site, None)
     vd.sync_stream(stream)
     with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
         cargs, ckwargs = materialize(capture(args)), {k: materialize(capture(v)) for k, v in kwargs.items()}
@@ -321,7 +245,7 @@ def issue_sync(vd: "VirtualDevice", func, args, kwargs, site: Site):
             continue
         # The op has already run and the host waited for it: its output is written now,
         # ordered before anything the host issues next.
-        out = vd.new_tensor(tuple(r.shape), r.stride(), 0, r.dtype, None, site, schema.name)
+        out = vd.new_tensor(tuple(r.shape), r.stride(), 0, r.dtype, None, site, info.name)
         with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
             aten.copy_.default(out.cpu_view(), r)
         outs.append(out)

@@ -1,0 +1,69 @@
+"""The two torch modes through which the GPU backend sees a program: a dispatch mode for
+every aten op on CUDA tensors, and a function mode for host calls on pinned tensors and
+for pinned allocations."""
+
+from __future__ import annotations
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..model import Site
+from ..ops.host import pinned_operands
+from ..ops.schema import op_info
+
+T = torch.Tensor
+
+
+def _is_cuda_device(dev) -> bool:
+    if isinstance(dev, torch.device):
+        return dev.type == "cuda"
+    if isinstance(dev, str):
+        return dev.startswith("cuda")
+    return isinstance(dev, int) and not isinstance(dev, bool)
+
+
+class DispatchMode(TorchDispatchMode):
+    def __init__(self, be):
+        super().__init__()
+        self.be = be
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if kwargs is None:
+            kwargs = {}
+        info = op_info(func)
+        tensors = info.tensor_args(args, kwargs)
+        for t, _w in tensors:
+            if t.is_cuda:
+                break
+        else:
+            dev = kwargs.get("device")
+            if dev is None or not _is_cuda_device(dev):
+                return func(*args, **kwargs)  # host-only op
+        be = self.be
+        if info.metadata or not be.active:
+            return func(*args, **kwargs)
+        return be._device_op(func, info, args, kwargs, tensors)
+
+
+class FunctionMode(TorchFunctionMode):
+    def __init__(self, be):
+        super().__init__()
+        self.be = be
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if kwargs is None:
+            kwargs = {}
+        be = self.be
+        if be._pinned and be.active:
+            hits = pinned_operands(args, kwargs, be._pinned.lookup)
+            if hits:
+                return be._host_call(func, args, kwargs, hits)
+        if kwargs.get("pin_memory") or func is T.pin_memory:
+            out = func(*args, **kwargs)
+            if be.active and isinstance(out, T) and not out.is_cuda:
+                be._register_pinned(out, Site.here(1, be.depth))
+            return out
+        return func(*args, **kwargs)
