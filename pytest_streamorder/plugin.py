@@ -22,6 +22,7 @@ import warnings
 import pytest
 
 from .backend import active_backend
+from .errors import NotModelledError
 from .benchmarking import stream_benchmark  # noqa: F401  (a fixture: pytest-benchmark for stream code)
 from .settings import MIX, NO_MARKER, Settings, add_options, check_markers, marker_help
 
@@ -349,8 +350,8 @@ class StreamOrderHandle:
             launch()
         elif getattr(device, "is_virtual", False):
             if cpu_impl is None:
-                raise NotImplementedError(
-                    f"kernel {name!r} needs cpu_impl=... to run on the virtual device")
+                raise NotModelledError(f"kernel {name!r} without cpu_impl=...",
+                                       "pass cpu_impl to run it on the virtual device")
             device.custom_kernel(name, reads, writes, cpu_impl, Site.here(1))
         else:
             device.custom_kernel(name, reads, writes, site=Site.here(1))

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ..errors import NotModelledError
 from ..model import Site
 from .streams import VirtualEvent, VirtualStream
 
@@ -33,9 +34,8 @@ UNSUPPORTED = (
 
 def _unsupported(name: str):
     def fail(*args, **kwargs):
-        raise NotImplementedError(
-            f"torch.cuda.{name} is not modelled by the virtual device (pytest-streamorder); "
-            f"run this test with @pytest.mark.no_streamorder or on a real GPU")
+        raise NotModelledError(f"torch.cuda.{name}", "run this test with "
+                               "@pytest.mark.no_streamorder or on a real GPU")
     fail.__name__ = name
     return fail
 

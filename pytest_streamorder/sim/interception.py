@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ..errors import NotModelledError
 from ..model import Site
 from ..ops.host import call_name, host_accesses, pinned_operands
 from ..ops.ranges import byte_range, extent
@@ -120,7 +121,7 @@ def _factory(vd, func, args, kwargs):
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     site = Site.here(2)
     if kwargs.get("requires_grad"):
-        raise NotImplementedError("autograd (requires_grad=True) is not modelled by the virtual device")
+        raise NotModelledError("autograd (requires_grad=True)")
     if _has_device_tensor(args, kwargs):
         return func(*args, **dict(kwargs, device=None))  # *_like of a device tensor
     kw = dict(kwargs, device="cpu")
@@ -283,15 +284,14 @@ def _data_ptr(vd, func, args, kwargs):
 
 def _storage(vd, func, args, kwargs):
     if isinstance(args[0], DeviceTensor):
-        raise NotImplementedError(
-            f"Tensor.{func.__name__}() of a virtual CUDA tensor is not modelled by the virtual device")
+        raise NotModelledError(f"Tensor.{func.__name__}() of a virtual CUDA tensor")
     return func(*args, **kwargs)
 
 
 def _untyped(name):
     def fail(vd, func, args, kwargs):
         if _has_device_tensor(args, kwargs):
-            raise NotImplementedError(f"{name} is not modelled by the virtual device")
+            raise NotModelledError(name)
         return func(*args, **kwargs)
     return fail
 
@@ -391,7 +391,7 @@ def _resize(vd, func, args, kwargs):
     if isinstance(self, DeviceTensor):
         if tuple(args[1]) == tuple(self.shape):
             return self
-        raise NotImplementedError("resize_ of a virtual CUDA tensor is not modelled by the virtual device")
+        raise NotModelledError("resize_ of a virtual CUDA tensor")
     return func(*args, **kwargs)
 
 

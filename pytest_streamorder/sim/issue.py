@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import NotModelledError
 from ..model import Site
 from ..ops.schema import op_info
 from .tensor import DeviceTensor, view_of
@@ -76,9 +77,9 @@ def output_layouts(func, args, kwargs) -> list:
     except (NotImplementedError, RuntimeError) as exc:
         if op_info(func).may_sync:
             raise NeedsSync() from exc
-        raise NotImplementedError(
-            f"{op_info(func).name} cannot run on the virtual device: it has no meta "
-            f"kernel to compute its output shape ({str(exc).splitlines()[0][:200]})") from None
+        raise NotModelledError(
+            op_info(func).name, f"it has no meta kernel to compute its output shape "
+            f"({str(exc).splitlines()[0][:200]})") from None
     outs = out if isinstance(out, (list, tuple)) else [out]
     # None: an optional output the op did not produce
     layouts = [None if o is None else (tuple(o.shape), o.stride(), o.storage_offset(), o.dtype)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import NotModelledError
 from ..model import Site
 from ..ops.naming import name_from_source
 from .runtime import active_device
-from .scheduler import EventMark, Item
+from ..scheduling import EventMark, Item
 
 
 class VirtualStream(torch.Stream):
@@ -33,8 +34,7 @@ class VirtualStream(torch.Stream):
         vd = self._vd
         _check_device_arg(device)
         if kwargs:
-            raise NotImplementedError(
-                f"torch.cuda.Stream({', '.join(kwargs)}=...) is not modelled by the virtual device")
+            raise NotModelledError(f"torch.cuda.Stream({', '.join(kwargs)}=...)")
         self.priority = priority
         site = Site.here(1)
         name = _name or vd.unique_stream_name(name_from_source(site, "stream"))
@@ -114,7 +114,7 @@ class VirtualEvent:
                  _name: str | None = None):
         vd = _vd or active_device("torch.cuda.Event()")
         if interprocess:
-            raise NotImplementedError("torch.cuda.Event(interprocess=True) is not modelled by the virtual device")
+            raise NotModelledError("torch.cuda.Event(interprocess=True)")
         self._vd = vd
         self.enable_timing = enable_timing
         self.blocking = blocking

@@ -11,7 +11,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-# The virtual device's scheduling policies (pytest_streamorder.sim.scheduler.POLICIES;
+# The virtual device's scheduling policies (pytest_streamorder.scheduling.POLICIES;
 # repeated here so that importing this module does not import torch; a test checks they
 # agree). Ordered so that Hypothesis shrinks toward the simplest one.
 POLICIES = ("eager", "lazy", "random", "pct", "delay")
@@ -39,7 +39,7 @@ class HypothesisChooser:
 
     `data` is what `st.data()` gives (or its `.conjecture_data`). Choices are drawn
     quietly, without a "Draw n:" line each. Same interface as
-    pytest_streamorder.sim.scheduler.Chooser: `choose(n) -> int in [0, n)` and the
+    pytest_streamorder.scheduling.Chooser: `choose(n) -> int in [0, n)` and the
     `choices` made so far (for `virtual_device(replay=vd.schedule)`).
     """
 

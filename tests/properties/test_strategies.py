@@ -127,7 +127,7 @@ def test_programs_reach_every_kind_of_op():
 
 
 def test_policies_agree_with_the_scheduler():
-    from pytest_streamorder.sim.scheduler import POLICIES
+    from pytest_streamorder.scheduling import POLICIES
 
     assert sos.POLICIES == POLICIES
 
@@ -144,7 +144,7 @@ def test_importing_strategies_does_not_import_torch():
 def test_a_schedule_drawn_from_hypothesis_replays_exactly(program, schedule):
     """The choices a HypothesisChooser drew replay exactly through the seeded Chooser, as
     `virtual_device(replay=vd.schedule)` does."""
-    from pytest_streamorder.sim.scheduler import Chooser
+    from pytest_streamorder.scheduling import Chooser
 
     first = run_program(program, schedule, device="virtual")
     recorded = first.vd.schedule

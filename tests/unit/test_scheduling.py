@@ -303,10 +303,3 @@ def test_scheduling_imports_no_torch_and_no_backend():
                    for n in graph.get(start, ()))
 
     assert not [m for m in graph if reaches(m, m)]
-
-
-def test_the_old_module_still_exports_the_scheduler():
-    from pytest_streamorder.sim import scheduler as old
-
-    assert old.Scheduler is Scheduler and old.Chooser is Chooser and old.POLICIES == POLICIES
-    assert old.ScheduleDiverged is ScheduleDiverged
