@@ -36,6 +36,7 @@ import weakref
 import torch
 
 from ..errors import StreamRaceError
+from ..host_threads import locked
 from ..model import HappensBefore, Race, Site
 from ..backend import activate, deactivate
 from ..backend import active_backend as running_backend  # either backend, or None
@@ -52,6 +53,7 @@ from .memory import DeviceMemory
 from .modes import DispatchMode, FunctionMode
 from .patches import TorchPatches
 from .streams import StreamsAndEvents
+from . import threads
 from .trace import TraceCallbacks
 
 T = torch.Tensor
@@ -199,10 +201,12 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             function = FunctionMode(self)
             function.__enter__()
             self._modes.append(function)
+        threads.start(self)  # every other thread gets modes that serve this backend
 
     def _teardown(self) -> None:
         global _active
         self.active = False
+        threads.stop()
         try:
             while self._modes:
                 self._modes.pop().__exit__(None, None, None)
@@ -246,6 +250,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
                 self.hb.host_access(op, [(alloc, start, stop, is_write)], site)
         return out
 
+    @locked
     def host_access(self, t: torch.Tensor, is_write: bool, op: str, site: Site | None = None) -> None:
         """The host reads or writes a pinned tensor (for code torch cannot see, e.g. a
         NumPy view of it)."""
@@ -255,12 +260,14 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             start, stop = byte_range(t)
             self.hb.host_access(op, [(alloc, start, stop, is_write)], site or Site.here(1, self.depth))
 
+    @locked
     def name_stream(self, stream, name: str) -> None:
         """Use `name` for this stream in race reports."""
         self.hb.rename_stream(self._agent_of_stream(stream), name)
 
     # --- custom kernels ---------------------------------------------------------------
 
+    @locked
     def custom_kernel(self, name: str, reads, writes, cpu_impl=None, site: Site | None = None) -> None:
         """A kernel torch cannot see into (Triton, a C++ extension), about to be launched
         on the current stream: its declared reads and writes go to the detector (and a

@@ -1,6 +1,7 @@
 """The two torch modes through which the GPU backend sees a program: a dispatch mode for
 every aten op on CUDA tensors, and a function mode for host calls on pinned tensors and
-for pinned allocations."""
+for pinned allocations. Model updates hold the runtime lock (host_threads.py): other
+threads have modes of their own (threads.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..host_threads import RUNTIME_LOCK
 from ..model import Site
 from ..ops.host import pinned_operands
 from ..ops.schema import op_info
@@ -42,9 +44,12 @@ class DispatchMode(TorchDispatchMode):
             if dev is None or not _is_cuda_device(dev):
                 return func(*args, **kwargs)  # host-only op
         be = self.be
-        if info.metadata or not be.active:
+        if be is None or info.metadata or not be.active:
             return func(*args, **kwargs)
-        return be._device_op(func, info, args, kwargs, tensors)
+        # Held while the op runs too: callbacks it fires are applied after its launch
+        # (device_op.py), so no other thread's callback may slip in between.
+        with RUNTIME_LOCK:
+            return be._device_op(func, info, args, kwargs, tensors)
 
 
 class FunctionMode(TorchFunctionMode):
@@ -57,13 +62,17 @@ class FunctionMode(TorchFunctionMode):
         if kwargs is None:
             kwargs = {}
         be = self.be
+        if be is None:
+            return func(*args, **kwargs)
         if be._pinned and be.active:
             hits = pinned_operands(args, kwargs, be._pinned.lookup)
             if hits:
-                return be._host_call(func, args, kwargs, hits)
+                with RUNTIME_LOCK:
+                    return be._host_call(func, args, kwargs, hits)
         if kwargs.get("pin_memory") or func is T.pin_memory:
             out = func(*args, **kwargs)
             if be.active and isinstance(out, T) and not out.is_cuda:
-                be._register_pinned(out, Site.here(1, be.depth))
+                with RUNTIME_LOCK:
+                    be._register_pinned(out, Site.here(1, be.depth))
             return out
         return func(*args, **kwargs)

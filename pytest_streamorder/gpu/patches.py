@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from ..host_threads import locked
 from ..model import Site
 from .debug import DEBUG as _DEBUG
 
@@ -22,9 +23,9 @@ class TorchPatches:
     def _patch(self, owner, name, make) -> None:
         original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
         if isinstance(original, staticmethod):
-            wrapper = staticmethod(functools.wraps(original.__func__)(make(original.__func__)))
+            wrapper = staticmethod(functools.wraps(original.__func__)(locked(make(original.__func__))))
         else:
-            wrapper = make(original)
+            wrapper = locked(make(original))  # they update the model: any thread may call
             functools.update_wrapper(wrapper, original)
         self._patches.append((owner, name, original))
         setattr(owner, name, wrapper)

@@ -5,6 +5,7 @@ host accesses. Callbacks that fire while an op runs are applied after its launch
 
 from __future__ import annotations
 
+from ..host_threads import locked
 from ..model import Site
 from .debug import DEBUG as _DEBUG
 
@@ -33,6 +34,7 @@ class TraceCallbacks:
         if "nocallbacks" in _DEBUG:
             callbacks = []
         for registry, cb in callbacks:
+            cb = locked(cb)  # they fire in whichever thread made the CUDA call
             registry.callback_list.append(cb)
             self._callbacks.append((registry, cb))
 
@@ -53,14 +55,14 @@ class TraceCallbacks:
 
     def _cb_record(self, event: int, stream: int) -> None:
         if self.active:
-            self._defer(self._record, event, stream, Site.here(1, self.depth + 4))
+            self._defer(self._record, event, stream, Site.here(1, self.depth + 5))
 
     def _record(self, event: int, stream: int, site: Site) -> None:
         self.hb.record(self._event_by_ptr(event), self._agent_by_ptr(stream), site)
 
     def _cb_wait(self, event: int, stream: int) -> None:
         if self.active:
-            self._defer(self._wait, event, stream, Site.here(1, self.depth + 4))
+            self._defer(self._wait, event, stream, Site.here(1, self.depth + 5))
 
     def _wait(self, event: int, stream: int, site: Site) -> None:
         self.hb.wait(self._agent_by_ptr(stream), self._event_by_ptr(event), site)
@@ -97,4 +99,4 @@ class TraceCallbacks:
         if self.active:
             alloc = self._live.pop(ptr, None)
             if alloc is not None:
-                self.hb.free(alloc, Site.here(1, self.depth + 4))
+                self.hb.free(alloc, Site.here(1, self.depth + 5))

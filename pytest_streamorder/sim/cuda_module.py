@@ -14,8 +14,10 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import NotModelledError
+from ..host_threads import locked
 from ..model import Site
 from .streams import VirtualEvent, VirtualStream
+from .threads import ensure_thread_mode
 
 _MISSING = object()
 
@@ -56,6 +58,7 @@ def _device_index(device) -> int:
 
 
 def _replacements(vd) -> dict:
+    # The current stream is the calling thread's (vd.current_stream is per thread).
     def current_stream(device=None):
         _device_index(device)
         return vd.current_stream
@@ -67,6 +70,7 @@ def _replacements(vd) -> dict:
     def set_stream(stream):
         if not isinstance(stream, VirtualStream):
             raise TypeError(f"torch.cuda.set_stream expects a torch.cuda.Stream, got {stream!r}")
+        ensure_thread_mode()  # a thread that predates the device is about to do device work
         vd.current_stream = stream
 
     @contextlib.contextmanager
@@ -76,6 +80,7 @@ def _replacements(vd) -> dict:
             return
         if not isinstance(s, VirtualStream):
             raise TypeError(f"torch.cuda.stream expects a torch.cuda.Stream, got {s!r}")
+        ensure_thread_mode()
         prev = vd.current_stream
         vd.current_stream = s
         try:
@@ -83,10 +88,12 @@ def _replacements(vd) -> dict:
         finally:
             vd.current_stream = prev
 
+    @locked
     def synchronize(device=None):
         _device_index(device)
         vd.sync_device()
 
+    @locked
     def _sleep(cycles):
         vd.sleep(int(cycles), Site.here(1))
 

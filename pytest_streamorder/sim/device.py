@@ -9,11 +9,13 @@ missing edge also shows up as a stale value), and the caching-allocator model.
 from __future__ import annotations
 
 import itertools
+import threading
 
 import torch
 
 from ..backend import activate, deactivate
 from ..errors import DeviceOpLimitExceeded, StreamRaceError  # noqa: F401  (re-exported)
+from ..host_threads import RUNTIME_LOCK, locked
 from ..model import HappensBefore, Race, Site
 from ..ops.limit import OpCounter
 from ..ops.naming import TensorLabel
@@ -83,9 +85,20 @@ class VirtualDevice:
         # Pinned host storages; an entry goes (and the model frees it) with its storage.
         self._pinned = PinnedRegistry(on_free=self._unpin)
         self.default_stream = VirtualStream(_vd=self, _name="default")
-        self.current_stream = self.default_stream
+        self._thread = threading.local()  # .stream: the calling thread's current stream
         self._patches = None
         self._modes = None
+
+    @property
+    def current_stream(self) -> VirtualStream:
+        """The calling thread's current stream: per host thread, as in CUDA, so a new
+        thread starts on the default stream."""
+        stream = getattr(self._thread, "stream", None)
+        return self.default_stream if stream is None else stream
+
+    @current_stream.setter
+    def current_stream(self, stream: VirtualStream) -> None:
+        self._thread.stream = stream
 
     # --- results ------------------------------------------------------------------
 
@@ -135,8 +148,9 @@ class VirtualDevice:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self.scheduler.drain_all()  # the program ends: queued work still runs
-                self.hb.sync_device()
+                with RUNTIME_LOCK:  # a worker thread may still be issuing work
+                    self.scheduler.drain_all()  # the program ends: queued work still runs
+                    self.hb.sync_device()
             _check_replay_finished(self.chooser, exc)
         finally:
             self._teardown()
@@ -166,6 +180,7 @@ class VirtualDevice:
         self._stream_names[base] = n + 1
         return base if n == 0 else f"{base}#{n + 1}"
 
+    @locked
     def name_stream(self, stream: VirtualStream, name: str) -> None:
         """Use `name` for this stream in race reports and traces."""
         self.hb.rename_stream(stream.agent, name)
@@ -210,6 +225,7 @@ class VirtualDevice:
         storage = self.allocator.allocate(nbytes, label or TensorLabel(op, dtype, size, site), site)
         return DeviceTensor(storage, size, stride, offset, dtype)
 
+    @locked
     def custom_kernel(self, name: str, reads, writes, cpu_impl, site: Site) -> None:
         """A kernel torch cannot see into (Triton, a C++ extension): its reads and writes
         as declared, and `cpu_impl(*reads, *writes)` run on CPU views when it is scheduled."""
@@ -228,6 +244,7 @@ class VirtualDevice:
 
     # --- pinned host memory ---------------------------------------------------------
 
+    @locked
     def register_pinned(self, t: torch.Tensor, site: Site) -> torch.Tensor:
         storage = t.untyped_storage()
         alloc = self.hb.allocate(storage.nbytes(), TensorLabel("pinned", t.dtype, tuple(t.shape), site),
@@ -235,6 +252,7 @@ class VirtualDevice:
         self._pinned.add(t, alloc)
         return t
 
+    @locked
     def _unpin(self, alloc) -> None:
         if self.active:
             self.hb.free(alloc)
@@ -243,6 +261,7 @@ class VirtualDevice:
         """The model allocation of a pinned host tensor, or None if it is pageable."""
         return self._pinned.lookup(t)
 
+    @locked
     def host_access(self, t: torch.Tensor, is_write: bool, op: str, site: Site) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         alloc = self.pinned_alloc(t)

@@ -16,11 +16,13 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..errors import NotModelledError
+from ..host_threads import RUNTIME_LOCK
 from ..model import Site
 from ..ops.host import call_name, host_accesses, pinned_operands
 from ..ops.ranges import byte_range, extent
 from .issue import Ref, _access, issue, output_layouts
-from .runtime import active_device
+from . import threads
+from .runtime import active_device, current
 from .streams import VirtualStream
 from .tensor import DeviceTensor, Twin, set_dispatch
 
@@ -84,22 +86,51 @@ class FunctionMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         kwargs = kwargs or {}
+        vd = self.vd
+        # Device work holds the runtime lock (host_threads.py); host-only calls do not,
+        # so threads computing on the host never wait for each other here.
         handler = FUNCTION_HANDLERS.get(func)
         if handler is not None:
-            return handler(self.vd, func, args, kwargs)
+            with RUNTIME_LOCK:
+                return handler(vd, func, args, kwargs)
         if func in GUARDED and _has_device_tensor(args, kwargs):
             return func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()})
         device = kwargs.get("device")
         if device is not None and _is_cuda(device):
-            return _factory(self.vd, func, args, kwargs)
+            with RUNTIME_LOCK:
+                return _factory(vd, func, args, kwargs)
         if kwargs.get("pin_memory"):
             kw = dict(kwargs, pin_memory=False)
-            return self.vd.register_pinned(func(*args, **kw), Site.here(1))
-        if self.vd._pinned:
-            hits = pinned_operands(args, kwargs, self.vd._pinned.lookup)
+            out = func(*args, **kw)
+            with RUNTIME_LOCK:
+                return vd.register_pinned(out, Site.here(1))
+        if vd._pinned:
+            hits = pinned_operands(args, kwargs, vd._pinned.lookup)
             if hits:
-                return _host_call(self.vd, func, args, kwargs, hits)
+                with RUNTIME_LOCK:
+                    return _host_call(vd, func, args, kwargs, hits)
         return func(*args, **kwargs)
+
+
+class ThreadMode(FunctionMode):
+    """The function mode of a thread other than the one that entered the device
+    (threads.py pushes it once per thread): it serves whichever virtual device is active,
+    and lets calls through when none is, or in the thread that entered it (whose own
+    FunctionMode has already seen the call)."""
+
+    def __init__(self):
+        TorchFunctionMode.__init__(self)
+
+    @property
+    def vd(self):
+        return current()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        vd = current()
+        if vd is None or not vd.active or threads.is_owner():
+            return func(*args, **(kwargs or {}))
+        return FunctionMode.__torch_function__(self, func, types, args, kwargs)
 
 
 def _host_call(vd, func, args, kwargs, hits):
@@ -315,14 +346,16 @@ def dispatch(func, types, args, kwargs):
     """An aten op with a device tensor (or twin) argument."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     vd = active_device(f"{func} on a virtual CUDA tensor")
+    threads.ensure_thread_mode()  # device tensors reach here from any thread
     kwargs = kwargs or {}
     if Twin in types:
         args = tuple(_untwin(a) for a in args)
         kwargs = {k: _untwin(v) for k, v in kwargs.items()}
     handler = DISPATCH_HANDLERS.get(func)
-    if handler is not None:
-        return handler(vd, func, args, kwargs)
-    return issue(vd, func, args, kwargs, Site.here(2))
+    with RUNTIME_LOCK:
+        if handler is not None:
+            return handler(vd, func, args, kwargs)
+        return issue(vd, func, args, kwargs, Site.here(2))
 
 
 def _copy_(vd, func, args, kwargs):
@@ -415,10 +448,14 @@ set_dispatch(dispatch)  # DeviceTensor and Twin hand every aten op to dispatch()
 
 
 def enter(vd) -> FunctionMode:
+    """Intercept torch calls in this thread (the device's own mode) and in every other
+    thread (a ThreadMode each, threads.py)."""
     mode = FunctionMode(vd)
     mode.__enter__()
+    threads.start(ThreadMode)
     return mode
 
 
 def exit(mode: FunctionMode) -> None:
+    threads.stop()
     mode.__exit__(None, None, None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..host_threads import locked
 from ..model import Site
 
 BLOCK_BYTES = 512  # CUDA's allocator rounds sizes up to 512 bytes
@@ -105,12 +106,13 @@ class CachingAllocator:
                 return pool.pop(i)
         return None
 
+    @locked  # __del__ runs in whichever thread dropped the last reference
     def free(self, block: Block, alloc, recorded: set) -> None:
         """The last tensor using the storage is gone (called from its __del__)."""
         device = self.device
         if not device.active:
             return  # the device was torn down; its memory goes with it
-        device.hb.free(alloc, Site.here(2))
+        device.hb.free(alloc, Site.here(3))  # above @locked and __del__: the user
         # record_stream: hold the block until the work now queued on those streams ran.
         block.pending = [s.queue.queue[-1] for s in recorded if s.queue.queue]
         self._pools.setdefault((id(block.stream), block.nbytes), []).append(block)

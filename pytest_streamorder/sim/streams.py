@@ -7,9 +7,12 @@ scheduler (so values really are stale when an edge is missing).
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from ..errors import NotModelledError
+from ..host_threads import locked
 from ..model import Site
 from ..ops.naming import name_from_source
 from .runtime import active_device
@@ -29,6 +32,7 @@ class VirtualStream(torch.Stream):
         self._vd = vd
         return self
 
+    @locked
     def __init__(self, device=None, priority: int = 0, *, _vd=None,
                  _name: str | None = None, **kwargs):
         vd = self._vd
@@ -41,12 +45,14 @@ class VirtualStream(torch.Stream):
         self.agent = vd.hb.new_stream(name)
         self.queue = vd.scheduler.new_stream(name)
         self.cuda_stream = self.stream_id
+        self._prev: dict[int, list] = {}  # thread id -> current streams `with self:` replaced
 
     @property
     def name(self) -> str:
         return self.agent.name
 
     # ordering
+    @locked
     def wait_event(self, event: "VirtualEvent") -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.wait_event")
@@ -54,6 +60,7 @@ class VirtualStream(torch.Stream):
             raise TypeError(f"Stream.wait_event expects a torch.cuda.Event, got {type(event).__name__}")
         event._wait_on(self, Site.here(1))
 
+    @locked
     def wait_stream(self, stream) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.wait_stream")
@@ -66,6 +73,7 @@ class VirtualStream(torch.Stream):
         fresh._record_on(stream, site)
         fresh._wait_on(self, site)
 
+    @locked
     def record_event(self, event: "VirtualEvent | None" = None) -> "VirtualEvent":
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if event is None:
@@ -74,6 +82,7 @@ class VirtualStream(torch.Stream):
         return event
 
     # host side
+    @locked
     def query(self) -> bool:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.query")
@@ -82,6 +91,7 @@ class VirtualStream(torch.Stream):
             self._vd.hb.sync_stream(self.agent)
         return done
 
+    @locked
     def synchronize(self) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.synchronize")
@@ -94,13 +104,17 @@ class VirtualStream(torch.Stream):
     def __hash__(self) -> int:
         return hash(("virtual-cuda-stream", self.stream_id))
 
+    # `with stream:` sets the calling thread's current stream (per thread, as in CUDA)
     def __enter__(self):
-        self._prev = self._vd.current_stream
+        self._prev.setdefault(threading.get_ident(), []).append(self._vd.current_stream)
         self._vd.current_stream = self
         return self
 
     def __exit__(self, *exc):
-        self._vd.current_stream = self._prev
+        stack = self._prev[threading.get_ident()]
+        self._vd.current_stream = stack.pop()
+        if not stack:
+            del self._prev[threading.get_ident()]
 
     def __repr__(self) -> str:
         return f"<torch.cuda.Stream '{self.name}' device=cuda:0 cuda_stream={self.cuda_stream:#x} (virtual)>"
@@ -109,6 +123,7 @@ class VirtualStream(torch.Stream):
 class VirtualEvent:
     """A CUDA event of the virtual device."""
 
+    @locked
     def __init__(self, enable_timing: bool = False, blocking: bool = False,
                  interprocess: bool = False, *, _vd=None,
                  _name: str | None = None):
@@ -138,15 +153,18 @@ class VirtualEvent:
         if self._mark is not None:  # waiting on a never-recorded event is a no-op
             vd.scheduler.enqueue(stream.queue, Item(f"wait {self.name}", None, blocked_on=self._mark, cost_ns=0))
 
+    @locked
     def record(self, stream: VirtualStream | None = None) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._record_on(_stream_or_current(self._vd, stream), Site.here(1))
 
+    @locked
     def wait(self, stream: VirtualStream | None = None) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Event.wait")
         self._wait_on(_stream_or_current(self._vd, stream), Site.here(1))
 
+    @locked
     def query(self) -> bool:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Event.query")
@@ -157,6 +175,7 @@ class VirtualEvent:
             self._vd.hb.sync_event(self.model_event)
         return done
 
+    @locked
     def synchronize(self) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         vd = self._vd

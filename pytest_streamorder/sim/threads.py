@@ -1,0 +1,64 @@
+"""Host threads on the virtual device.
+
+The thread that enters `virtual_device()` pushes the device's function mode
+(interception.FunctionMode) for the length of the context. torch's mode stack is per
+thread, so every other thread gets, once, a `ThreadMode` that follows whichever virtual
+device is active (none: it lets every call through; in the thread that entered the
+device, whose own mode handles the calls, it lets them through too). It is pushed
+
+- when a thread starts while the device is active, and before every ThreadPoolExecutor
+  task, also in workers started before the device (host_threads.py wraps both);
+- for any other thread that predates the device, at the first call of it that reaches
+  the device without the mode: an aten op on a device tensor (DeviceTensor dispatches
+  from any thread), a stream or event of the device, torch.cuda.set_stream/stream().
+
+A thread that predates the device and whose *first* device call is one torch guards in
+C++ before any mode or dispatch sees it (indexing a device tensor, `.cuda()`,
+`.to("cuda")`, `torch.tensor(..., device="cuda")`, `torch.zeros(..., device="cuda")`)
+cannot be reached: `ensure_thread_mode()` must run in it first. This needs a thread that
+was started before the device, outside a thread pool, and that does device work before
+touching any device object.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .. import host_threads
+from .runtime import current
+
+_local = threading.local()  # .mode: the ThreadMode pushed in this thread, if any
+_owner: int | None = None  # the thread that entered the active device (it has its own mode)
+_make_mode = None  # the ThreadMode class (interception.py hands it over: no import cycle)
+
+
+def start(make_mode) -> None:
+    """The calling thread has entered a virtual device: set up every other thread."""
+    global _owner, _make_mode
+    _owner = threading.get_ident()
+    _make_mode = make_mode
+    host_threads.install(ensure_thread_mode)
+
+
+def stop() -> None:
+    """The device ends: threads started from now on get no mode (those that have one
+    keep it; it lets calls through while no device is active)."""
+    global _owner
+    _owner = None
+    host_threads.uninstall(ensure_thread_mode)
+
+
+def is_owner() -> bool:
+    """Whether the calling thread entered the active device (and has its own mode)."""
+    return threading.get_ident() == _owner
+
+
+def ensure_thread_mode() -> None:
+    """Push the ThreadMode in the calling thread, unless it has one or needs none."""
+    if getattr(_local, "mode", None) is not None or _make_mode is None:
+        return
+    if current() is None or threading.get_ident() == _owner:
+        return
+    mode = _make_mode()
+    mode.__enter__()  # stays for the thread's life: it follows the active device
+    _local.mode = mode
