@@ -192,6 +192,9 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             self._teardown()
 
     def _install(self) -> None:
+        # Every other thread gets modes that serve this backend (threads.py); this one is
+        # the owner before its modes are pushed and until they are popped.
+        threads.start(self)
         self._install_callbacks()
         self._patch_torch()
         dispatch = DispatchMode(self)
@@ -201,16 +204,15 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             function = FunctionMode(self)
             function.__enter__()
             self._modes.append(function)
-        threads.start(self)  # every other thread gets modes that serve this backend
 
     def _teardown(self) -> None:
         global _active
         self.active = False
-        threads.stop()
         try:
             while self._modes:
                 self._modes.pop().__exit__(None, None, None)
         finally:
+            threads.stop()
             self._remove_callbacks()
             for owner, name, original in reversed(self._patches):
                 setattr(owner, name, original)

@@ -450,12 +450,16 @@ set_dispatch(dispatch)  # DeviceTensor and Twin hand every aten op to dispatch()
 def enter(vd) -> FunctionMode:
     """Intercept torch calls in this thread (the device's own mode) and in every other
     thread (a ThreadMode each, threads.py)."""
+    # The owner is known before its mode is pushed and until it is popped, so that a
+    # ThreadMode lower on this thread's stack never handles a call twice.
+    threads.start(ThreadMode)
     mode = FunctionMode(vd)
     mode.__enter__()
-    threads.start(ThreadMode)
     return mode
 
 
 def exit(mode: FunctionMode) -> None:
-    threads.stop()
-    mode.__exit__(None, None, None)
+    try:
+        mode.__exit__(None, None, None)
+    finally:
+        threads.stop()

@@ -209,6 +209,29 @@ def test_thread_pool_worker_does_device_work():
         assert vd.races == []
 
 
+def pool_run(seed: int):
+    """Device work handed to a pool worker and back through future.result()."""
+    with so.virtual_device(seed=seed, raise_on_race=False) as vd:
+        x = torch.arange(16, dtype=torch.float32, device="cuda")
+        with futures.ThreadPoolExecutor(1) as pool:
+            def task():
+                s = torch.cuda.Stream()
+                with torch.cuda.stream(s):
+                    y = x * 2  # no wait on the main stream (a race), nor back
+                    z = y + 1
+                return z
+            z = pool.submit(task).result()
+        return z.cpu(), vd.schedule, len(vd.races)
+
+
+def test_pool_handoff_same_seed_same_run():
+    a, b = pool_run(5), pool_run(5)
+    assert a[1] == b[1] and a[1].choices
+    assert torch.equal(a[0].isnan(), b[0].isnan())
+    assert torch.equal(a[0].nan_to_num(), b[0].nan_to_num())
+    assert a[2] == b[2] == 2  # x read before its write is ordered; z read on the main stream
+
+
 def test_pool_started_before_the_device():
     """A pool built before the device (a fixture's pool): its worker thread already runs,
     and gets the device's mode before each task."""
