@@ -16,6 +16,8 @@ import pytest_streamorder as so
 from pytest_streamorder.scheduling import Chooser, EventMark, Item, POLICIES, Scheduler
 from pytest_streamorder.sim.device import SLEEP_CYCLES_PER_NS
 
+pytest_plugins = ["pytester"]
+
 SEEDS = range(4)
 SCHEDULES = [(p, s) for p in POLICIES for s in SEEDS]
 
@@ -214,6 +216,58 @@ def test_record_stream_after_a_query_poll(policy, seed):
         with torch.cuda.stream(busy):
             assert total.item() == 64.0
     assert not vd.races
+
+
+TIMING_TESTS = """
+import torch
+
+
+def cycles_per_ms():
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(1_000_000)
+    end.record()
+    end.synchronize()
+    return 1_000_000 / start.elapsed_time(end)
+
+
+def test_events():
+    cpm = cycles_per_ms()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(int(50 * cpm))
+    end.record()
+    assert not end.query()
+    end.synchronize()
+    assert end.query()
+    assert 49.5 < start.elapsed_time(end) < 50.5
+
+
+def test_record_stream():
+    cpm = cycles_per_ms()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        tmp = torch.ones(100, device="cuda")
+    ptr = tmp.data_ptr()
+    torch.cuda.current_stream().wait_stream(side)
+    tmp.record_stream(torch.cuda.current_stream())
+    torch.cuda._sleep(int(50 * cpm))
+    total = tmp.sum()
+    del tmp
+    with torch.cuda.stream(side):
+        other = torch.empty(100, device="cuda")
+        assert other.data_ptr() != ptr
+    assert total.item() == 100.0
+    with torch.cuda.stream(side):
+        assert torch.empty(100, device="cuda").data_ptr() == ptr
+"""
+
+
+def test_timing_tests_pass_on_every_schedule_the_plugin_explores(pytester):
+    pytester.makepyfile(test_timing=TIMING_TESTS)
+    result = pytester.runpytest("--streamorder", "--streamorder-schedules=10", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*2 tests checked, 20 schedules explored*0 races found*"])
 
 
 # --- the scheduler's rules, torch-free ------------------------------------------------
