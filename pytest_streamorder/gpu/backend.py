@@ -43,7 +43,6 @@ from ..backend import active_backend as running_backend  # either backend, or No
 from ..ops.frames import user_frames
 from ..ops.host import call_name, host_accesses
 from ..ops.limit import OpCounter
-from ..ops.pinned import PinnedRegistry
 from ..ops.ranges import byte_range
 from .calibration import cycles_per_ms, warm_up_streams
 from .debug import DEBUG as _DEBUG
@@ -51,6 +50,7 @@ from .delay import DEFAULT_DELAY_MS, DEFAULT_FIRE_PROBABILITY, DEFAULT_SITE_PROB
 from .device_op import DeviceOps
 from .memory import DeviceMemory
 from .modes import DispatchMode, FunctionMode
+from .pinned import PinnedBlocks
 from .patches import TorchPatches
 from .streams import StreamsAndEvents
 from . import threads
@@ -113,7 +113,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         self._event_names: dict = {}  # id(torch.cuda.Event) -> (event, name from source)
         self._stream_names: dict = {}  # cudaStream_t -> name from the creating line
         self._live: dict = {}  # device storage address -> Allocation
-        self._pinned = PinnedRegistry()  # pinned host storages, kept alive until the end
+        self._pinned = PinnedBlocks(on_free=self._pinned_freed)  # not kept alive
         self._in_op = False
         self._pending: list | None = None  # trace callbacks seen while an op ran
         self._synced_in_op = False

@@ -1,6 +1,7 @@
 """Device and pinned host memory of a run in the model: a CUDA storage becomes a model
 allocation when first seen (or when an op allocates it) and is freed by the allocator's
-trace callback; pinned host storages are registered in the shared PinnedRegistry."""
+trace callback; pinned host storages are registered in PinnedBlocks (pinned.py), which
+does not keep them alive, and freed in the model when their death is noticed."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import torch
 
 from ..model import Site
 from ..ops.naming import TensorLabel
-from ..ops.pinned import PinnedRegistry
 from ..ops.ranges import storage_base
+from .pinned import PinnedBlocks
 
 
 class DeviceMemory:
@@ -38,17 +39,18 @@ class DeviceMemory:
             return alloc
         label = TensorLabel("pinned", t.dtype, tuple(t.shape), site)
         alloc = self.hb.allocate(t.untyped_storage().nbytes(), label, site, space="host")
-        # The registry keeps the pinned storage until the run ends, so that its address
-        # names it for the whole run (the host allocator cannot hand the block to another
-        # tensor under the same key). No weakref finalizer: early versions with one (and
-        # with a frame-locals scan and a weak event map) crashed in the garbage collector
-        # on torch 2.11; the cause was not isolated, this configuration did not crash.
+        # Not kept alive (the host allocator reuses the block as without us); see pinned.py.
         return self._pinned.add(t, alloc)
+
+    def _pinned_freed(self, alloc) -> None:
+        """PinnedBlocks noticed that a registered pinned storage is gone."""
+        if self.active:
+            self.hb.free(alloc, Site.here(2, self.depth))
 
     def _pinned_of(self, t: torch.Tensor, site: Site):
         """The model allocation of a pinned host tensor (registered on first sight), or
         None for pageable memory."""
         alloc = self._pinned.lookup(t)
-        if alloc is None and t.numel() > 0 and PinnedRegistry.key(t) is not None and t.is_pinned():
+        if alloc is None and t.numel() > 0 and PinnedBlocks.key(t) is not None and t.is_pinned():
             alloc = self._register_pinned(t, site)
         return alloc

@@ -1,5 +1,11 @@
 """What the scheduler queues: work items, event marks, and each stream's FIFO and clock.
 
+Two facts about an item are kept apart: it has *run* (`done`: its values are computed,
+whenever the policy chose) and, in virtual time, it *finishes* at `finish_ns` (no sooner
+than its issue time, its stream's previous item and the event it waits for allow, plus
+its cost). The host observes completion only through the scheduler (`completed`), which
+also asks that the host's clock has reached `finish_ns`.
+
 Torch-free: an item's work is a plain callable.
 """
 
@@ -13,7 +19,8 @@ DEFAULT_OP_NS = 2_000
 
 
 class Item:
-    """One unit of stream work. `run` executes it; `blocked_on` is an EventMark to wait for."""
+    """One unit of stream work. `run` executes it; `blocked_on` is an EventMark to wait for;
+    `cost_ns` is how long it occupies its stream in virtual time (at least 0)."""
 
     __slots__ = ("label", "run", "blocked_on", "done_mark", "cost_ns", "done",
                  "issued_ns", "finish_ns", "op_count")
@@ -25,15 +32,16 @@ class Item:
         self.run = run
         self.blocked_on = blocked_on
         self.done_mark = done_mark
-        self.cost_ns = cost_ns
-        self.done = False
+        self.cost_ns = max(0, cost_ns)
+        self.done = False  # has run; finish_ns is known from then on
         self.issued_ns = 0  # host's virtual time at enqueue: it cannot start before
         self.finish_ns = 0
         self.op_count = 0  # the model's op number on this stream, to mark races in a timeline
 
 
 class EventMark:
-    """One record of an event: completes when its item on the recording stream runs."""
+    """One record of an event: `done` when its item on the recording stream has run, at
+    `time_ns` in virtual time."""
 
     __slots__ = ("stream", "done", "time_ns")
 
@@ -46,7 +54,7 @@ class EventMark:
 class StreamQueue:
     """A stream's FIFO of not-yet-run items, and its virtual clock."""
 
-    __slots__ = ("name", "index", "queue", "time_ns", "executed")
+    __slots__ = ("name", "index", "queue", "time_ns", "executed", "last")
 
     def __init__(self, name: str, index: int):
         self.name = name
@@ -54,6 +62,7 @@ class StreamQueue:
         self.queue: deque[Item] = deque()
         self.time_ns = 0  # when the last executed item finished, in virtual time
         self.executed = 0
+        self.last: Item | None = None  # the latest item enqueued, run or not
 
     def ready(self) -> bool:
         if not self.queue:

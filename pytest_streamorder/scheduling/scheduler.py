@@ -7,6 +7,16 @@ stream runs its next item. Work is legal to run when it is at the head of its st
 for a wait, when the event capture it waits for has run: that is all CUDA promises. This
 module keeps the queues, the virtual clocks and the timeline; it decides nothing itself.
 
+Virtual time is plausible: an item finishes no sooner than its start (its issue time, its
+stream's previous item, the event it waits for) plus its cost, whenever the policy runs
+it. Running early computes values early, which nothing can see without a race; what the
+host *observes* (query(), elapsed_time, allocator reuse after record_stream) is
+completion, which also needs the host's clock to have reached the finish time. So a
+policy may make work late, never impossibly early. The host's clock advances by
+`launch_ns` per launch, to the finish of what a sync waited for, and, when a query()
+returns False for work that has run, to that work's finish (a polling loop ends).
+Host time spent outside torch calls (`time.sleep`, Python work) is not modelled.
+
 Torch-free: items are plain callables.
 """
 
@@ -69,7 +79,23 @@ class Scheduler:
         self.host_time_ns += self.launch_ns
         item.issued_ns = self.host_time_ns
         stream.queue.append(item)
+        stream.last = item
         self._point()
+
+    # --- what the host observes: completion in virtual time ----------------------------
+
+    def completed(self, item: Item | None) -> bool:
+        """Whether the host, now, sees `item` complete: it has run and the host's clock
+        has reached its finish. None (nothing was queued) is complete."""
+        return item is None or (item.done and item.finish_ns <= self.host_time_ns)
+
+    def mark_completed(self, mark: EventMark) -> bool:
+        """Whether the host, now, sees an event record complete (cudaEventQuery)."""
+        return mark.done and mark.time_ns <= self.host_time_ns
+
+    def stream_completed(self, stream: StreamQueue) -> bool:
+        """Whether the host, now, sees all work queued on `stream` complete."""
+        return self.completed(stream.last)
 
     # --- the host waiting ------------------------------------------------------------
 
@@ -81,12 +107,15 @@ class Scheduler:
         self.host_syncs += 1
         while not done():
             self._step_forced(target)
-        blocked = finish_ns() - self.host_time_ns
+        self._host_waits_until(finish_ns(), f"sync {target.name}" if target is not None else "sync")
+
+    def _host_waits_until(self, t_ns: int, what: str) -> None:
+        """The host's clock moves to t_ns if that is later: time spent waiting."""
+        blocked = t_ns - self.host_time_ns
         if blocked > 0:
             if self.timeline is not None:
-                what = f"sync {target.name}" if target is not None else "sync"
-                self.timeline.append(("host", what, self.host_time_ns, self.host_time_ns + blocked))
-            self.host_time_ns += blocked
+                self.timeline.append(("host", what, self.host_time_ns, t_ns))
+            self.host_time_ns = t_ns
             self.host_blocked_ns += blocked
 
     def drain(self, stream: StreamQueue) -> None:
@@ -106,20 +135,32 @@ class Scheduler:
         self.run_until(lambda: mark.done, lambda: mark.time_ns, target=mark.stream)
 
     def poll(self, mark: EventMark) -> bool:
-        """event.query(): True when done; otherwise make one step of progress, so that a
-        host loop polling query() always terminates, whatever the policy."""
+        """event.query(): True when the record has completed in virtual time."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        if mark.done:
-            return True
-        self._step_forced(mark.stream)
-        return False
+        return self._poll(lambda: self.mark_completed(mark),
+                          lambda: mark.time_ns if mark.done else None, mark.stream)
 
     def poll_stream(self, stream: StreamQueue) -> bool:
+        """stream.query(): True when all work queued on it has completed in virtual time."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        if not stream.queue:
+        return self._poll(lambda: self.stream_completed(stream),
+                          lambda: None if stream.queue else stream.time_ns, stream)
+
+    def _poll(self, completed: Callable[[], bool], finish_ns: Callable[[], int | None],
+              target: StreamQueue) -> bool:
+        """A query: True if `completed()`. Otherwise the host makes progress, so that a
+        loop polling query() always ends whatever the policy: if the work has run, the
+        host's clock moves to its finish (the next query sees it complete); if not, one
+        item runs (as while the host is blocked), and the query sees the result."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if completed():
             return True
-        self._step_forced(stream)
-        return not stream.queue
+        finish = finish_ns()
+        if finish is not None:
+            self._host_waits_until(finish, f"poll {target.name}")
+            return False
+        self._step_forced(target)
+        return completed()
 
     # --- running items -----------------------------------------------------------------
 

@@ -78,6 +78,14 @@ def _untwin(v):
     return v
 
 
+def _guarded_call(func, args, kwargs):
+    """Call a GUARDED method with twins in place of device tensors. What C++ hands back
+    as `self` (copy_ and other in-place methods, contiguous() of a contiguous tensor) is
+    the twin: the caller gets the device tensor itself, so `dst.copy_(src) is dst`."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    return _untwin(func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()}))
+
+
 class FunctionMode(TorchFunctionMode):
     def __init__(self, vd):
         super().__init__()
@@ -94,7 +102,7 @@ class FunctionMode(TorchFunctionMode):
             with RUNTIME_LOCK:
                 return handler(vd, func, args, kwargs)
         if func in GUARDED and _has_device_tensor(args, kwargs):
-            return func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()})
+            return _guarded_call(func, args, kwargs)
         device = kwargs.get("device")
         if device is not None and _is_cuda(device):
             with RUNTIME_LOCK:
@@ -338,6 +346,27 @@ FUNCTION_HANDLERS = {
     T.untyped_storage: _storage, T.storage: _storage,
     T.backward: _untyped("autograd (Tensor.backward)"),
 }
+
+
+def _new_tensor(vd, func, args, kwargs):
+    """Tensor.new_tensor of a device tensor: on the device, as torch.tensor(data). (C++
+    would make it on the twin's device, the CPU: a silent wrong path.)"""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    self = args[0]
+    if not isinstance(self, DeviceTensor):
+        return func(*args, **kwargs)
+    data = args[1] if len(args) > 1 else kwargs["data"]
+    kw = dict(kwargs)
+    kw.pop("data", None)
+    kw.setdefault("dtype", self.dtype)
+    kw.setdefault("device", self.device)
+    if _is_cuda(kw["device"]):
+        return _factory(vd, torch.tensor, (data,), kw)
+    return torch.tensor(data, **kw)
+
+
+# Twin handling: methods whose C++ would act on the twin's (CPU) device.
+FUNCTION_HANDLERS[T.new_tensor] = _new_tensor
 
 
 # --- aten-level ----------------------------------------------------------------------

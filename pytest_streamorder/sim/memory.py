@@ -3,7 +3,9 @@
 Like the real one, a freed block goes back to the pool of the stream it was allocated
 on and is handed to the next allocation of the same size on that stream *at once*,
 even if another stream's queued work still uses it; `record_stream` holds the block
-back until the work queued on the recorded streams at free time has run. The bytes of
+back until the work queued on the recorded streams at free time has completed, in
+virtual time, as the host sees it (CUDA's allocator queries an event recorded at free
+time): work that ran early but whose finish lies after the host's clock still holds it. The bytes of
 a block are a CPU buffer that queued ops read and write when they run, so a missing
 `record_stream` corrupts data here exactly as on a GPU. Fresh blocks hold poison, not
 zeros.
@@ -40,7 +42,7 @@ class Block:
         self.data = torch.empty(nbytes, dtype=torch.uint8)
         poison_(self.data)
         self.stream = stream
-        self.pending: list = []  # scheduler items that must run before reuse
+        self.pending: list = []  # scheduler items that must complete before reuse
         self.typed: dict = {}  # dtype -> the bytes seen as a flat tensor of that dtype
 
 
@@ -99,9 +101,10 @@ class CachingAllocator:
         pool = self._pools.get((id(stream), size))
         if not pool:
             return None
+        completed = self.device.scheduler.completed
         for i in range(len(pool) - 1, -1, -1):  # most recently freed first, like CUDA
             block = pool[i]
-            if all(item.done for item in block.pending):
+            if all(completed(item) for item in block.pending):
                 block.pending = []
                 return pool.pop(i)
         return None
@@ -113,6 +116,7 @@ class CachingAllocator:
         if not device.active:
             return  # the device was torn down; its memory goes with it
         device.hb.free(alloc, Site.here(3))  # above @locked and __del__: the user
-        # record_stream: hold the block until the work now queued on those streams ran.
-        block.pending = [s.queue.queue[-1] for s in recorded if s.queue.queue]
+        # record_stream: hold the block until the work queued on those streams so far has
+        # completed (the latest item of each, whether it has run or not).
+        block.pending = [s.queue.last for s in recorded if s.queue.last is not None]
         self._pools.setdefault((id(block.stream), block.nbytes), []).append(block)

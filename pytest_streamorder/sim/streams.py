@@ -186,11 +186,14 @@ class VirtualEvent:
         vd.hb.sync_event(self.model_event)
 
     def elapsed_time(self, end_event: "VirtualEvent") -> float:
-        """Milliseconds of virtual time between two completed records."""
+        """Milliseconds of virtual time between two records that have completed as the
+        host sees them (CUDA's cudaErrorNotReady otherwise): the difference of their
+        completion times, so `_sleep(n * cycles_per_ms)` between them measures n ms."""
         if not (self.enable_timing and end_event.enable_timing):
             raise RuntimeError("Both events must be created with argument 'enable_timing=True'.")
+        scheduler = self._vd.scheduler
         for ev in (self, end_event):
-            if ev._mark is None or not ev._mark.done:
+            if ev._mark is None or not scheduler.mark_completed(ev._mark):
                 raise RuntimeError(
                     f"elapsed_time: event '{ev.name}' has not completed; synchronize it first")
         return (end_event._mark.time_ns - self._mark.time_ns) / 1e6
