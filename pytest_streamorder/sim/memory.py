@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..model import Site
+from .memory_stats import MemoryStats
 
 BLOCK_BYTES = 512  # CUDA's allocator rounds sizes up to 512 bytes
 
@@ -76,6 +77,7 @@ class CachingAllocator:
         self._next_address = 0x7F00_0000_0000
         self.blocks_created = 0
         self.blocks_reused = 0
+        self.stats = MemoryStats()  # torch.cuda.memory_stats() reads these
 
     def allocate(self, nbytes: int, label, site: Site) -> VirtualStorage:
         stream = self.device.current_stream
@@ -88,8 +90,10 @@ class CachingAllocator:
             block = Block(self._next_address, size, stream)
             self._next_address += size
             self.blocks_created += 1
+            self.stats.reserved(size)
         else:
             self.blocks_reused += 1
+        self.stats.allocated(size, nbytes)
         alloc = self.device.hb.allocate(max(nbytes, 0), label, site, stream=stream.agent,
                                         space="device", address=block.address)
         return VirtualStorage(block, alloc, nbytes, self)
@@ -111,6 +115,17 @@ class CachingAllocator:
         if not device.active:
             return  # the device was torn down; its memory goes with it
         device.hb.free(alloc, Site.here(2))
+        self.stats.freed(block.nbytes, alloc.nbytes)
         # record_stream: hold the block until the work now queued on those streams ran.
         block.pending = [s.queue.queue[-1] for s in recorded if s.queue.queue]
         self._pools.setdefault((id(block.stream), block.nbytes), []).append(block)
+
+    def release_cached(self) -> None:
+        """torch.cuda.empty_cache: give back the cached blocks no queued work still holds
+        (CUDA waits for record_stream'd blocks' events first; here they stay cached)."""
+        for key, pool in list(self._pools.items()):
+            keep = [b for b in pool if not all(item.done for item in b.pending)]
+            for block in pool:
+                if block not in keep:
+                    self.stats.released(block.nbytes)
+            self._pools[key] = keep
