@@ -38,7 +38,21 @@ class HostBlock:
         self.offset = -probe.data_ptr() % ALIGN
         self.address = probe.data_ptr() + self.offset
         self.size = size
-        self.pending: list = []  # queued copies (scheduler items) that use the block
+        self.pending: list = []  # queued copies (_Copy) that use the block
+
+
+class _Copy:
+    """A queued copy, by position: done when its stream has executed `target` items."""
+
+    __slots__ = ("queue", "target")
+
+    def __init__(self, queue, target: int):
+        self.queue = queue
+        self.target = target
+
+    @property
+    def done(self) -> bool:
+        return self.queue.executed >= self.target
 
 
 class PinnedHostAllocator:
@@ -94,8 +108,9 @@ class PinnedHostAllocator:
         if not stream_queue.queue:
             return  # it already ran
         block = self._block_of(t)
-        if block is not None:
-            block.pending.append(stream_queue.queue[-1])
+        if block is not None:  # done once the queue has executed this many items; the
+            # item itself is not kept (its closure holds the tensor: the block would leak)
+            block.pending.append(_Copy(stream_queue, stream_queue.executed + len(stream_queue.queue)))
 
     def _block_of(self, t: torch.Tensor) -> HostBlock | None:
         try:
