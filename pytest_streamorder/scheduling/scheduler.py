@@ -175,6 +175,9 @@ class Scheduler:
             self.timeline.append(("item", stream, item, start))
         if item.run is not None:
             item.run()
+            # The closure holds its tensors; a finished item kept for its finish time (a
+            # record_stream or pinned-block fence) must not keep them alive.
+            item.run = None
         item.done = True
         if item.done_mark is not None:
             item.done_mark.done = True

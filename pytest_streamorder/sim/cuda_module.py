@@ -16,30 +16,30 @@ import torch
 from ..errors import NotModelledError
 from ..host_threads import locked
 from ..model import Site
+from .cuda_api import install as install_api
+from .cuda_net import refuse
 from .streams import VirtualEvent, VirtualStream
 from .threads import ensure_thread_mode
 
 _MISSING = object()
+_API = object()  # the key of cuda_api's patches in what install() returns
 
 DEVICE_NAME = "Virtual CUDA device (pytest-streamorder)"
 
-# CUDA APIs we do not model: using one inside the context fails loudly, by name.
-UNSUPPORTED = (
-    "CUDAGraph", "graph", "make_graphed_callables", "graph_pool_handle", "ExternalStream",
-    "caching_allocator_alloc", "caching_allocator_delete", "memory_allocated",
-    "max_memory_allocated", "memory_reserved", "max_memory_reserved", "memory_stats",
-    "mem_get_info", "set_per_process_memory_fraction", "get_rng_state", "set_rng_state",
-    "get_rng_state_all", "set_rng_state_all", "ipc_collect", "set_sync_debug_mode",
-    "jiterator",
-)
-
-
-def _unsupported(name: str):
-    def fail(*args, **kwargs):
-        raise NotModelledError(f"torch.cuda.{name}", "run this test with "
-                               "@pytest.mark.no_streamorder or on a real GPU")
-    fail.__name__ = name
-    return fail
+# CUDA APIs refused with a hint of their own. Every other torch.cuda API that is not
+# modelled is refused by the computed net (cuda_net.py); what is modelled is listed in
+# this file's table, cuda_api.python_replacements and cuda_net.MODELLED_ORIGINALS.
+UNSUPPORTED = {
+    "CUDAGraph": "CUDA graphs are not modelled",
+    "graph": "CUDA graphs are not modelled",
+    "make_graphed_callables": "CUDA graphs are not modelled",
+    "graph_pool_handle": "CUDA graphs are not modelled",
+    "ExternalStream": "a stream made outside torch has no place in the model",
+    "caching_allocator_alloc": "raw allocations are not modelled",
+    "caching_allocator_delete": "raw allocations are not modelled",
+    "set_per_process_memory_fraction": "the virtual device never runs out of memory",
+    "jiterator": "jiterator kernels are not modelled",
+}
 
 
 def _device_index(device) -> int:
@@ -97,11 +97,6 @@ def _replacements(vd) -> dict:
     def _sleep(cycles):
         vd.sleep(int(cycles), Site.here(1))
 
-    @contextlib.contextmanager
-    def device(d):
-        _device_index(d)
-        yield
-
     def get_device_properties(device=None):
         _device_index(device)
         return SimpleNamespace(name=DEVICE_NAME, major=9, minor=0, total_memory=80 * 2**30,
@@ -125,7 +120,6 @@ def _replacements(vd) -> dict:
         "get_device_capability": lambda device=None: (_device_index(device), (9, 0))[1],
         "get_device_properties": get_device_properties,
         "is_bf16_supported": lambda *a, **k: True,
-        "device": device,
         "Stream": VirtualStream,
         "Event": VirtualEvent,
         "stream": stream,
@@ -134,15 +128,9 @@ def _replacements(vd) -> dict:
         "set_stream": set_stream,
         "synchronize": synchronize,
         "_sleep": _sleep,
-        # Random ops draw from the CPU generator when issued; seeding it is the user's.
-        "manual_seed": noop(),
-        "manual_seed_all": noop(),
-        "seed": noop(),
-        "seed_all": noop(),
-        "empty_cache": noop(),
     }
-    for name in UNSUPPORTED:
-        table[name] = _unsupported(name)
+    for name, hint in UNSUPPORTED.items():
+        table[name] = refuse(f"torch.cuda.{name}", getattr(torch.cuda, name, None), hint)
     return table
 
 
@@ -154,10 +142,18 @@ def install(vd) -> dict:
     for name, value in _replacements(vd).items():
         saved[name] = getattr(torch.cuda, name, _MISSING)
         setattr(torch.cuda, name, value)
+    try:  # the rest of the API surface, and the net under it
+        saved[_API] = install_api(vd, {k: v for k, v in saved.items() if v is not _MISSING})
+    except BaseException:
+        uninstall(saved)
+        raise
     return saved
 
 
 def uninstall(saved: dict) -> None:
+    api = saved.pop(_API, None)
+    if api is not None:
+        api.undo()
     for name, value in saved.items():
         if value is _MISSING:
             delattr(torch.cuda, name)

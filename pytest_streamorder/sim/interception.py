@@ -22,7 +22,10 @@ from ..ops.host import call_name, host_accesses, pinned_operands
 from ..ops.ranges import byte_range, extent
 from .issue import Ref, _access, issue, output_layouts
 from . import threads
+from .generators import check_generator_arg, cuda_generator_arg
+from .pinned_allocator import host_allocator, pinned_like
 from .runtime import active_device, current
+from .storage import VirtualTypedStorage, VirtualUntypedStorage, reduce_device_tensor, saving
 from .streams import VirtualStream
 from .tensor import DeviceTensor, Twin, set_dispatch
 
@@ -38,6 +41,8 @@ GUARDED = {
 
 # Factories that copy host data to the device: a blocking H2D copy.
 UPLOAD_FACTORIES = {torch.tensor, torch.as_tensor, torch.asarray}
+RANDOM_FACTORIES = {torch.rand, torch.randn, torch.randint, torch.randperm, torch.normal,
+                    torch.rand_like, torch.randn_like, torch.randint_like}
 EMPTY_FACTORIES = {torch.empty, torch.empty_like, torch.empty_strided, T.new_empty,
                    T.new_empty_strided}
 
@@ -101,17 +106,18 @@ class FunctionMode(TorchFunctionMode):
         if handler is not None:
             with RUNTIME_LOCK:
                 return handler(vd, func, args, kwargs)
+        if "generator" in kwargs and _has_device_tensor(args, kwargs):
+            check_generator_arg(kwargs)
         if func in GUARDED and _has_device_tensor(args, kwargs):
             return _guarded_call(func, args, kwargs)
         device = kwargs.get("device")
         if device is not None and _is_cuda(device):
             with RUNTIME_LOCK:
                 return _factory(vd, func, args, kwargs)
-        if kwargs.get("pin_memory"):
-            kw = dict(kwargs, pin_memory=False)
-            out = func(*args, **kw)
+        if kwargs.get("pin_memory"):  # from the pinned host caching allocator
+            value = func(*args, **dict(kwargs, pin_memory=False))
             with RUNTIME_LOCK:
-                return vd.register_pinned(out, Site.here(1))
+                return pinned_like(vd, value, Site.here(1), copy=func not in EMPTY_FACTORIES)
         if vd._pinned:
             hits = pinned_operands(args, kwargs, vd._pinned.lookup)
             if hits:
@@ -165,6 +171,8 @@ def _factory(vd, func, args, kwargs):
         return func(*args, **dict(kwargs, device=None))  # *_like of a device tensor
     kw = dict(kwargs, device="cpu")
     kw.pop("pin_memory", None)
+    if func in RANDOM_FACTORIES:  # drawn from the device's CUDA generator, not the CPU's
+        kw["generator"] = cuda_generator_arg(vd, kw.get("generator"))
     value = func(*args, **kw)  # computed on the host now: random values do not depend on the schedule
     if func in EMPTY_FACTORIES:
         return vd.new_tensor(tuple(value.shape), value.stride(), 0, value.dtype, None, site,
@@ -193,6 +201,8 @@ def upload(vd, dst: DeviceTensor, src: torch.Tensor, site: Site, name: str,
         vd.host_read(src, name, site)
         host_src = src.detach().clone() if snapshot else src
     vd.launch(name, accesses, site, lambda: _copy_into(dst_ref.view(), host_src))
+    if pinned is not None and not blocking:  # the pinned block is not reused before it ran
+        host_allocator(vd).record_copy(src, vd.current_stream.queue)
     if blocking:
         vd.sync_stream(vd.current_stream)
 
@@ -214,6 +224,8 @@ def download(vd, dst: torch.Tensor, src: DeviceTensor, site: Site, name: str,
         start, stop = byte_range(dst)
         accesses.append((pinned, start, stop, True))
     vd.launch(name, accesses, site, lambda: _copy_into(dst, src_ref.view()))
+    if pinned is not None and non_blocking:  # the pinned block is not reused before it ran
+        host_allocator(vd).record_copy(dst, vd.current_stream.queue)
     if pinned is None or not non_blocking:
         vd.sync_stream(vd.current_stream)
     return dst
@@ -266,9 +278,7 @@ def _pin_memory(vd, func, args, kwargs):
         raise RuntimeError("cannot pin 'torch.cuda' memory: only dense CPU tensors can be pinned")
     if vd.pinned_alloc(self) is not None:
         return self
-    with torch._C._DisableTorchDispatch():
-        copy = self.clone()
-    return vd.register_pinned(copy, Site.here(2))
+    return pinned_like(vd, self, Site.here(2))
 
 
 def _is_pinned(vd, func, args, kwargs):
@@ -322,8 +332,17 @@ def _data_ptr(vd, func, args, kwargs):
 
 
 def _storage(vd, func, args, kwargs):
+    if isinstance(args[0], DeviceTensor):  # a read-only stand-in (storage.py)
+        kind = VirtualUntypedStorage if func is T.untyped_storage else VirtualTypedStorage
+        return kind(args[0])
+    return func(*args, **kwargs)
+
+
+def _reduce_ex(vd, func, args, kwargs):
     if isinstance(args[0], DeviceTensor):
-        raise NotModelledError(f"Tensor.{func.__name__}() of a virtual CUDA tensor")
+        if saving():
+            return reduce_device_tensor(args[0])
+        raise NotModelledError("pickling a virtual CUDA tensor (outside torch.save)")
     return func(*args, **kwargs)
 
 
@@ -344,6 +363,7 @@ FUNCTION_HANDLERS = {
         format(a[0].cpu(), *a[1:]) if isinstance(a[0], DeviceTensor) else f(*a, **k)),
     T.data_ptr: _data_ptr,
     T.untyped_storage: _storage, T.storage: _storage,
+    T.__reduce_ex__: _reduce_ex,
     T.backward: _untyped("autograd (Tensor.backward)"),
 }
 
@@ -414,7 +434,7 @@ def _to_copy(vd, func, args, kwargs):
             dst = torch.empty(tuple(self.shape), dtype=dtype)
         site = Site.here(2)
         if non_blocking:  # like PyTorch: a non_blocking D2H copy lands in pinned memory
-            vd.register_pinned(dst, site)
+            dst = pinned_like(vd, dst, site, copy=False)
         return download(vd, dst, self, site, "D2H copy (to cpu)", non_blocking)
     if isinstance(self, DeviceTensor) or _has_device_tensor(args, kwargs):
         return issue(vd, func, args, kwargs, Site.here(2))

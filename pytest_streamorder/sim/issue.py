@@ -16,6 +16,7 @@ import torch
 from ..errors import NotModelledError
 from ..model import Site
 from ..ops.schema import op_info
+from .generators import draw_seed
 from .tensor import DeviceTensor, view_of
 
 aten = torch.ops.aten
@@ -199,7 +200,10 @@ def issue(vd, func, args, kwargs, site: Site):
                 accesses.append(_access(t, write))
         for t in host_inputs:
             vd.host_read(t, f"upload of {info.name} argument", site)
-        seed = int(torch.randint(0, 2**62, ())) if info.seeded else None
+        seed = None
+        if info.seeded:  # drawn now from the op's CUDA generator: no schedule dependence
+            kwargs = dict(kwargs)
+            seed = draw_seed(vd, kwargs)
         cargs = capture(args)
         ckwargs = {k: capture(v) for k, v in kwargs.items()} if kwargs else kwargs
         vd.launch(info.name, accesses, site,

@@ -17,6 +17,7 @@ import torch
 
 from ..host_threads import locked
 from ..model import Site
+from .memory_stats import MemoryStats
 
 BLOCK_BYTES = 512  # CUDA's allocator rounds sizes up to 512 bytes
 
@@ -79,6 +80,7 @@ class CachingAllocator:
         self._next_address = 0x7F00_0000_0000
         self.blocks_created = 0
         self.blocks_reused = 0
+        self.stats = MemoryStats()  # torch.cuda.memory_stats() reads these
 
     def allocate(self, nbytes: int, label, site: Site) -> VirtualStorage:
         stream = self.device.current_stream
@@ -91,8 +93,10 @@ class CachingAllocator:
             block = Block(self._next_address, size, stream)
             self._next_address += size
             self.blocks_created += 1
+            self.stats.reserved(size)
         else:
             self.blocks_reused += 1
+        self.stats.allocated(size, nbytes)
         alloc = self.device.hb.allocate(max(nbytes, 0), label, site, stream=stream.agent,
                                         space="device", address=block.address)
         return VirtualStorage(block, alloc, nbytes, self)
@@ -116,7 +120,19 @@ class CachingAllocator:
         if not device.active:
             return  # the device was torn down; its memory goes with it
         device.hb.free(alloc, Site.here(3))  # above @locked and __del__: the user
+        self.stats.freed(block.nbytes, alloc.nbytes)
         # record_stream: hold the block until the work queued on those streams so far has
         # completed (the latest item of each, whether it has run or not).
         block.pending = [s.queue.last for s in recorded if s.queue.last is not None]
         self._pools.setdefault((id(block.stream), block.nbytes), []).append(block)
+
+    def release_cached(self) -> None:
+        """torch.cuda.empty_cache: give back the cached blocks no queued work still holds
+        (CUDA waits for record_stream'd blocks' events first; here they stay cached)."""
+        completed = self.device.scheduler.completed
+        for key, pool in list(self._pools.items()):
+            keep = [b for b in pool if not all(completed(item) for item in b.pending)]
+            for block in pool:
+                if block not in keep:
+                    self.stats.released(block.nbytes)
+            self._pools[key] = keep

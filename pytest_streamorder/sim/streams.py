@@ -19,6 +19,9 @@ from .runtime import active_device
 from ..scheduling import EventMark, Item
 
 
+PRIORITY_RANGE = (0, -1)  # (low, high): what torch reports on most GPUs
+
+
 class VirtualStream(torch.Stream):
     """A CUDA stream of the virtual device (what torch.cuda.Stream() returns inside). It
     is a real torch.Stream (device cuda:0), so torch's own checks such as
@@ -50,6 +53,17 @@ class VirtualStream(torch.Stream):
     @property
     def name(self) -> str:
         return self.agent.name
+
+    # protocol attributes: opaque handles (cuda_stream is set in __init__)
+    def __cuda_stream__(self) -> tuple[int, int]:
+        """The CUDA stream protocol: (version 0, the stream's handle)."""
+        return (0, self.cuda_stream)
+
+    @staticmethod
+    def priority_range() -> tuple[int, int]:
+        """(lowest, highest) priority, as CUDA numbers them. Priorities order nothing, so
+        the model ignores them; they are kept for code that reads them back."""
+        return PRIORITY_RANGE
 
     # ordering
     @locked
@@ -123,6 +137,21 @@ class VirtualStream(torch.Stream):
 class VirtualEvent:
     """A CUDA event of the virtual device."""
 
+    device = torch.device("cuda", 0)
+    _handle = 0  # cuda_event: 0 until the first record creates the event, as on CUDA
+
+    @property
+    def cuda_event(self) -> int:
+        """An opaque handle, like the cudaEvent_t torch.cuda.Event exposes."""
+        return self._handle
+
+    def ipc_handle(self):
+        raise NotModelledError("torch.cuda.Event.ipc_handle (interprocess events)")
+
+    @classmethod
+    def from_ipc_handle(cls, device, handle):
+        raise NotModelledError("torch.cuda.Event.from_ipc_handle (interprocess events)")
+
     @locked
     def __init__(self, enable_timing: bool = False, blocking: bool = False,
                  interprocess: bool = False, *, _vd=None,
@@ -142,6 +171,8 @@ class VirtualEvent:
         vd = self._vd
         vd.check_active("Event.record")
         vd.hb.record(self.model_event, stream.agent, site)
+        if not self._handle:
+            self._handle = vd.next_handle()
         mark = EventMark(stream.queue)
         self._mark = mark
         vd.scheduler.enqueue(stream.queue, Item(f"record {self.name}", None, done_mark=mark, cost_ns=0))

@@ -565,8 +565,9 @@ def test_cuda_graphs_are_unsupported(eager):
         torch.cuda.CUDAGraph()
     with pytest.raises(NotImplementedError, match="torch.cuda.graph"):
         torch.cuda.graph(None)
-    with pytest.raises(NotImplementedError, match="memory_allocated"):
-        torch.cuda.memory_allocated()
+    # memory_allocated is modelled now (test_cuda_api_surface.py); the snapshot is not
+    with pytest.raises(NotImplementedError, match="memory_snapshot"):
+        torch.cuda.memory_snapshot()
 
 
 def test_op_without_meta_kernel_is_unsupported(eager):
@@ -575,10 +576,13 @@ def test_op_without_meta_kernel_is_unsupported(eager):
         torch.histogram(x, bins=2)
 
 
-def test_untyped_storage_is_unsupported(eager):
+def test_untyped_storage_is_read_only(eager):
+    # untyped_storage() of a device tensor is modelled now (read-only); changing it is not
     x = torch.zeros(2, device="cuda")
-    with pytest.raises(NotImplementedError, match="untyped_storage"):
-        x.untyped_storage()
+    storage = x.untyped_storage()
+    assert (storage.nbytes(), storage.device.type, storage.data_ptr()) == (8, "cuda", x.data_ptr())
+    with pytest.raises(NotImplementedError, match="UntypedStorage.resize_"):
+        storage.resize_(0)
     assert torch.zeros(2).untyped_storage().nbytes() == 8  # host tensors are unaffected
 
 
