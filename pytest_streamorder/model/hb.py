@@ -402,6 +402,8 @@ class HappensBefore:
         """Report the races that resolve() found, naming this call as where (the
         innermost user frame above it)."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if not self._deferred:
+            return
         deferred, self._deferred = self._deferred, []
         site = Site.here(1)
         for race in deferred:
