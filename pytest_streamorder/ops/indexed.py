@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..model import Pending
-from ..model.regions import from_runs
+from ..model.regions import from_runs, strided
 from . import ranges
 
 aten = torch.ops.aten
@@ -59,6 +59,24 @@ class Indexed:
         if self.kind == "mask":
             return aten.masked_select.default(grid, values[0])
         return aten.reshape.default(grid, (-1,))[values[0].reshape(-1)]
+
+
+    def rows(self, values: list, args, kwargs, ndim: int):
+        """The op's index values when they simply pick indices along dim 0 (the common
+        case: buf[idx] = v, index_select(0, idx), a scatter into a 1-D buffer), for a
+        cheaper exact computation; None otherwise."""
+        if len(values) != 1 or values[0].dtype in _MASKS or ndim == 0:
+            return None
+        if self.kind == "index" and len(_arg(args, kwargs, 1, "indices")) == 1:
+            return values[0]
+        if self.kind == "dim" and _arg(args, kwargs, 1, "dim") in (0, -ndim):
+            return values[0]
+        if self.kind in ("scatter", "flat") and ndim == 1:
+            return values[0]
+        return None
+
+
+_MASKS = (torch.bool, torch.uint8)
 
 
 def _arg(args, kwargs, pos: int, name: str):
@@ -108,14 +126,51 @@ def touched(ix: Indexed, size, stride, offset: int, itemsize: int, values: list,
     """(start, stop, region) of the bytes of its storage that the op touches in a view
     (size, stride, offset in elements) given its index values (CPU tensors); None when
     the values name no valid element set (the op itself then fails)."""
+    rows = ix.rows(values, args, kwargs, len(size))
+    if rows is not None:
+        hit = _rows_set(rows, size, stride, offset, itemsize)
+        if hit is not False:
+            return hit
     return _exact(lambda grid: ix.pick(grid, values, args, kwargs), size, stride, offset, itemsize)
 
 
 def key_set(t: torch.Tensor, key) -> tuple | None:
     """(start, stop, region) of the bytes of host tensor `t` that `t[key]` names, for
     any Python index (ints, slices, masks, index tensors or lists); None if invalid."""
-    return _exact(lambda grid: grid[key], tuple(t.shape), t.stride(), t.storage_offset(),
-                  t.element_size())
+    size, stride, offset, itemsize = tuple(t.shape), t.stride(), t.storage_offset(), t.element_size()
+    if isinstance(key, torch.Tensor) and key.dtype not in _MASKS and size:
+        hit = _rows_set(key, size, stride, offset, itemsize)
+        if hit is not False:
+            return hit
+    return _exact(lambda grid: grid[key], size, stride, offset, itemsize)
+
+
+FAST_ROWS = 4096  # more index values than this: the torch path is faster
+
+
+def _rows_set(rows: torch.Tensor, size, stride, offset, itemsize):
+    """The set of rows `rows` along dim 0 of a view, in Python (a few us for a few
+    rows, where the grid's torch calls cost ~100 us); None if an index is out of range,
+    False if this shortcut does not apply."""
+    if rows.numel() > FAST_ROWS or rows.is_floating_point() or rows.is_complex():
+        return False
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+        picked = (rows if rows.dim() == 1 else rows.reshape(-1)).tolist()
+    n, st = size[0], stride[0]
+    row_lo, row_hi, row_region = strided(size[1:], stride[1:], 0, itemsize)
+    if row_region is not None:
+        return False  # strided rows: the grid handles it
+    if row_lo == row_hi:
+        return 0, 0, None
+    firsts = set()
+    for i in picked:
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            return None
+        firsts.add((offset + i * st) * itemsize)
+    starts = sorted(firsts)
+    return from_runs([a + row_lo for a in starts], [a + row_hi for a in starts])
 
 
 def _exact(pick, size, stride, offset, itemsize) -> tuple | None:

@@ -211,12 +211,13 @@ def issue(vd, func, args, kwargs, site: Site):
         ckwargs = {k: capture(v) for k, v in kwargs.items()} if kwargs else kwargs
         # Its layout now (in-place view ops change it later), never the tensor itself:
         # queued work must not keep the storage alive.
-        layout = operands[0][1]._layout if pending is not None else None
+        if pending is not None:
+            layout, itemsize = operands[0][1]._layout, operands[0][1].dtype.itemsize
 
         def run():
             __tracebackhide__ = True  # pytest: show the user's frames, not ours
             if pending is not None:  # the index values exist now, before the op uses them
-                _resolve(vd.hb, ix, pending, layout, cargs, ckwargs)
+                _resolve(vd.hb, ix, pending, layout, itemsize, cargs, ckwargs)
             run_captured(func, cargs, ckwargs, out_refs, seed)
 
         vd.launch(info.name, accesses, site, run)
@@ -249,15 +250,14 @@ def _operand_accesses(ix, operands, accesses: list):
     return pending
 
 
-def _resolve(hb, ix, pending, layout, cargs, ckwargs) -> None:
-    """Resolve an indexed op's pending access from its index values as they are now."""
+def _resolve(hb, ix, pending, layout, itemsize: int, cargs, ckwargs) -> None:
+    """Resolve an indexed op's pending access from its index values as they are now
+    (only the index tensors are read; the other captured arguments give dims)."""
+    ckwargs = ckwargs or {}
     with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
-        args = materialize(cargs)
-        kwargs = {k: materialize(v) for k, v in ckwargs.items()} if ckwargs else {}
+        values = [materialize(v) for v in ix.index_tensors(cargs, ckwargs)]
         size, stride, offset = layout
-        itemsize = args[0].dtype.itemsize
-        exact = touched(ix, size, stride, offset, itemsize, ix.index_tensors(args, kwargs),
-                        args, kwargs)
+        exact = touched(ix, size, stride, offset, itemsize, values, cargs, ckwargs)
     hb.resolve(pending, exact)
 
 
@@ -281,7 +281,8 @@ def issue_sync(vd, func, args, kwargs, site: Site):
     vd.launch(info.name, accesses, site, None)
     vd.sync_stream(stream)
     if pending is not None:  # the stream ran up to here: the index values are final
-        _resolve(vd.hb, ix, pending, operands[0][1]._layout, capture(args),
+        target = operands[0][1]
+        _resolve(vd.hb, ix, pending, target._layout, target.dtype.itemsize, capture(args),
                  {k: capture(v) for k, v in kwargs.items()})
         vd.hb.flush()
     with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
