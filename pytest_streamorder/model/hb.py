@@ -322,28 +322,44 @@ class HappensBefore:
                         region)
         if pending is not None:
             access.pending = pending
+            access.region = pending  # marks it pending: the fast path below skips it
             pending.access = access
         plain = region is None and pending is None
         race = None
         kept = []
         for prev in alloc.shadow:
-            if prev.pending is not None:
-                _settle(prev)
-                if prev.start == prev.stop:
-                    continue  # resolved to nothing
             if prev.stop <= start or prev.start >= stop:
                 kept.append(prev)
                 continue
-            simple = plain and prev.region is None
-            if not simple and not meets(prev.start, prev.stop, prev.region, start, stop, region):
+            if plain and prev.region is None:  # two spans: the fast path
+                pid = prev.agent.id
+                if prev.count <= (clock[pid] if pid < len(clock) else 0):
+                    if (is_write or not prev.is_write) and start <= prev.start and prev.stop <= stop:
+                        continue  # dominated by this access
+                elif race is None and (is_write or prev.is_write):
+                    race = Race(prev, access, alloc, _facts(agent))
+                kept.append(prev)
+                continue
+            # Exact sets, or a pending access on either side.
+            if prev.pending is not None:
+                if _settle(prev):  # resolved since: its exact set from now on
+                    if prev.start == prev.stop:
+                        continue  # it touched nothing
+                    if prev.stop <= start or prev.start >= stop:
+                        kept.append(prev)
+                        continue
+                    prev_set = prev.region
+                else:
+                    prev_set = prev.pending.region if prev.carry is None else None  # superset
+            else:
+                prev_set = prev.region
+            if not meets(prev.start, prev.stop, prev_set, start, stop, region):
                 kept.append(prev)
                 continue
             pid = prev.agent.id
-            ordered = prev.count <= (clock[pid] if pid < len(clock) else 0)
-            if ordered:
-                if pending is None and (is_write or not prev.is_write) and (
-                        start <= prev.start and prev.stop <= stop if simple else
-                        within(prev.start, prev.stop, prev.region, start, stop, region)):
+            if prev.count <= (clock[pid] if pid < len(clock) else 0):
+                if pending is None and (is_write or not prev.is_write) and \
+                        within(prev.start, prev.stop, prev_set, start, stop, region):
                     continue  # dominated by this access
             elif is_write or prev.is_write:
                 if pending is not None or prev.pending is not None:
@@ -459,7 +475,7 @@ def _with_set(acc: Access, start: int, stop: int, region=None) -> Access:
 def _window(acc: Access, start: int, stop: int, carry: int) -> Access:
     """A copy of a still-pending access, limited to [start, stop), `carry` bytes from
     the original's offsets; it takes its exact set when the pending op resolves."""
-    copy = _with_set(acc, start, stop)
+    copy = _with_set(acc, start, stop, acc.pending)  # region: the pending mark
     copy.pending = acc.pending
     copy.carry = carry
     return copy

@@ -100,9 +100,11 @@ class Access:
     contiguous tensor), else the exact set (regions.py: a strided Box or explicit Runs).
 
     An access whose set depends on index values (index_put_, scatter_, ...) is issued
-    with `pending` set: until its op ran, (start, stop, region) is a superset (the whole
-    indexed tensor), and hb.py compares it exactly once `pending.exact` is known. A copy
-    carried to a reused block has `carry`: the shift from the original's offsets."""
+    with `pending` set, and `region` is that Pending too (one check keeps such entries
+    off the detector's fast path): until its op ran, [start, stop) and pending.region
+    are a superset (the whole indexed tensor), and hb.py compares it exactly once
+    `pending.exact` is known. A copy carried to a reused block has `carry`: the shift
+    from the original's offsets (and [start, stop) as its superset)."""
 
     __slots__ = ("seq", "agent", "count", "alloc", "start", "stop", "is_write", "op", "site",
                  "region", "pending", "carry")
@@ -146,6 +148,9 @@ class Pending:
         self.exact: tuple | None = None  # (start, stop, region) once resolved
         self.resolved = False
         self.pairs: list = []  # (earlier, later, allocation, facts) to compare once exact
+
+    def describe(self) -> str:
+        return "the elements its index values name (not known yet)"
 
     def __repr__(self) -> str:
         state = f"exact {self.exact}" if self.resolved else "pending"

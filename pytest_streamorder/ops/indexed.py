@@ -137,12 +137,24 @@ def touched(ix: Indexed, size, stride, offset: int, itemsize: int, values: list,
 def key_set(t: torch.Tensor, key) -> tuple | None:
     """(start, stop, region) of the bytes of host tensor `t` that `t[key]` names, for
     any Python index (ints, slices, masks, index tensors or lists); None if invalid."""
+    if _is_basic(key):  # ints, slices, None, ...: t[key] is a view, its set is exact
+        with torch._C.DisableTorchFunction():
+            view = t[key]
+            layout = (tuple(view.shape), tuple(view.stride()), view.storage_offset(),
+                      view.element_size())
+        return ranges.layout_set(*layout)
     size, stride, offset, itemsize = tuple(t.shape), t.stride(), t.storage_offset(), t.element_size()
     if isinstance(key, torch.Tensor) and key.dtype not in _MASKS and size:
         hit = _rows_set(key, size, stride, offset, itemsize)
         if hit is not False:
             return hit
     return _exact(lambda grid: grid[key], size, stride, offset, itemsize)
+
+
+def _is_basic(key) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) and not isinstance(k, bool)
+               for k in parts)
 
 
 FAST_ROWS = 4096  # more index values than this: the torch path is faster

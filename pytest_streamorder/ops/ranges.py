@@ -12,6 +12,13 @@ from ..model.regions import strided
 
 _exact = True  # False: every set widened to its span, indexed ops whole (benchmarks only)
 _SETS: dict = {}  # (size, stride, offset, itemsize) -> (start, stop, region)
+_CACHES = [_SETS]  # cleared when the setting changes (a backend may add its own)
+
+
+def register_cache(cache: dict) -> dict:
+    """A backend's own cache of sets, cleared with ours by set_exact."""
+    _CACHES.append(cache)
+    return cache
 
 
 def exact_sets() -> bool:
@@ -23,7 +30,8 @@ def set_exact(on: bool) -> bool:
     sets) or on; returns the previous setting. For measuring what exactness costs."""
     global _exact
     previous, _exact = _exact, bool(on)
-    _SETS.clear()
+    for cache in _CACHES:
+        cache.clear()
     return previous
 
 

@@ -22,7 +22,7 @@ import torch
 from ..errors import NotModelledError
 from ..model import Site
 from ..ops.indexed import indexed, pending_for, touched
-from ..ops.ranges import access_spec, layout_set
+from ..ops.ranges import layout_set, register_cache
 from ..ops.schema import op_info
 from .tensor import DeviceTensor, view_of
 
@@ -228,10 +228,22 @@ def issue(vd, func, args, kwargs, site: Site):
     return tuple(outputs) if outputs else None
 
 
+_SETS = register_cache({})  # (layout, byte range) -> (start, stop, region); the pair fixes the itemsize
+
+
 def _access(t: DeviceTensor, is_write: bool):
     """The model access of a device tensor: its exact set of bytes."""
-    size, stride, offset = t._layout
-    return access_spec(t._vs.alloc, *layout_set(size, stride, offset, t.dtype.itemsize), is_write)
+    key = (t._layout, t._range)
+    hit = _SETS.get(key)
+    if hit is None:
+        if len(_SETS) >= 4096:
+            _SETS.clear()
+        size, stride, offset = t._layout
+        hit = _SETS[key] = layout_set(size, stride, offset, t.dtype.itemsize)
+    start, stop, region = hit
+    if region is None:
+        return (t._vs.alloc, start, stop, is_write)
+    return (t._vs.alloc, region, is_write)
 
 
 def _operand_accesses(ix, operands, accesses: list):
