@@ -85,8 +85,9 @@ class CostModel:
             return int(fixed)
         nbytes = 0
         host = "H2D" in name or "D2H" in name
-        for alloc, start, stop, _is_write in accesses:
-            nbytes += stop - start
+        for spec in accesses:  # (alloc, start, stop, w), or (alloc, set, w): its bounds
+            alloc = spec[0]
+            nbytes += spec[2] - spec[1] if len(spec) == 4 else spec[1].stop - spec[1].start
             host = host or alloc.space == "host"
         if host:
             return int(self.copy_ns + nbytes / self.pcie_bytes_per_ns)

@@ -4,9 +4,11 @@ BUGGIFY-style delay injection so that a missing edge shows up as a stale value.
 `with cuda_backend(seed=0) as be:` runs the body on the GPU with
 
 - a TorchDispatchMode that sees every aten op on CUDA tensors: the op's reads and
-  writes come from its schema (the shared op layer, ops/), tensors are byte ranges of
-  their storage (views and offsets count), and the op is issued in the model on the
-  current stream (device_op.py);
+  writes come from its schema (the shared op layer, ops/), tensors are exact sets of
+  bytes of their storage (views and offsets count, strided views element by element),
+  and the op is issued in the model on the current stream (device_op.py); an indexed
+  op's set is resolved from its index values, copied to a private pinned ring
+  (index_ring.py) and read at a later host sync;
   host<->device copies read or write pinned host memory; blocking copies, `.item()`,
   `nonzero` and friends make the host wait for the current stream;
 - PyTorch's GPU trace callbacks (torch.cuda._gpu_trace) for event record and wait,
@@ -41,13 +43,14 @@ from ..model import HappensBefore, Race, Site
 from ..backend import activate, deactivate
 from ..backend import active_backend as running_backend  # either backend, or None
 from ..ops.frames import user_frames
-from ..ops.host import call_name, host_accesses
+from ..ops.host import call_name, host_access_specs
 from ..ops.limit import OpCounter
-from ..ops.ranges import byte_range
+from ..ops.ranges import access_spec, tensor_access, tensor_set
 from .calibration import cycles_per_ms, warm_up_streams
 from .debug import DEBUG as _DEBUG
 from .delay import DEFAULT_DELAY_MS, DEFAULT_FIRE_PROBABILITY, DEFAULT_SITE_PROBABILITY, DelayPlan
 from .device_op import DeviceOps
+from .index_ring import process_ring
 from .memory import DeviceMemory
 from .modes import DispatchMode, FunctionMode
 from .pinned import PinnedBlocks
@@ -100,6 +103,10 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         self.warmup = warmup
         self.depth = stack_depth
         self.hb = HappensBefore(on_race=self._on_race)
+        # Syncs arrive in trace callbacks, inside C++, where a raised race would only be
+        # logged: races found at a sync wait for the next launch or host access.
+        self.hb.flush_on_sync = False
+        self._ring = None  # index_ring.IndexRing, from __enter__ on
         self.op_counter = OpCounter(max_ops)
         self.host_blocked_s = 0.0
         self.active = False
@@ -171,6 +178,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         if self.delay.enabled:
             self._cycles_per_ms = cycles_per_ms()
         torch.cuda.synchronize()  # a clean slate: no earlier work is still queued
+        self._ring = process_ring()  # registered once per process, outside torch's allocators
         activate(self)
         _active = self
         self.active = True
@@ -188,6 +196,9 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             finally:
                 if exc_type is None and self.active:
                     self.hb.sync_device()
+                    if self._ring is not None:
+                        self._harvest(force=True)  # every index copy is done now
+                    self.hb.flush()
         finally:
             self._teardown()
 
@@ -218,6 +229,8 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
                 setattr(owner, name, original)
             self._patches.clear()
             self._pinned.clear()
+            if self._ring is not None:
+                self._ring.clear()
             if _active is self:
                 _active = None
             deactivate(self)
@@ -243,13 +256,11 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         (ops/host.py says which it reads and writes)."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         out = func(*args, **kwargs)
-        accesses = host_accesses(func, hits, out)
-        if accesses:
-            site = Site.here(2, self.depth)
-            op = f"host {call_name(func)}"
-            for t, alloc, is_write in accesses:
-                start, stop = byte_range(t)
-                self.hb.host_access(op, [(alloc, start, stop, is_write)], site)
+        specs = host_access_specs(func, hits, out, args)
+        if specs:
+            if self._ring is not None:
+                self._harvest()
+            self.hb.host_access(f"host {call_name(func)}", specs, Site.here(2, self.depth))
         return out
 
     @locked
@@ -259,8 +270,10 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         alloc = self._pinned_of(t, site or Site.here(1, self.depth))
         if alloc is not None:
-            start, stop = byte_range(t)
-            self.hb.host_access(op, [(alloc, start, stop, is_write)], site or Site.here(1, self.depth))
+            if self._ring is not None:
+                self._harvest()
+            self.hb.host_access(op, [tensor_access(alloc, t, is_write)],
+                                site or Site.here(1, self.depth))
 
     @locked
     def name_stream(self, stream, name: str) -> None:
@@ -281,9 +294,10 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             for t in ts:
                 if not isinstance(t, T) or not t.is_cuda:
                     raise TypeError(f"custom kernel {name!r}: {type(t).__name__} is not a CUDA tensor")
-                start, stop = byte_range(t)
+                start, stop, region = tensor_set(t)
                 if start < stop:
-                    accesses.append((self._alloc_of(t, stop, site), start, stop, write))
+                    accesses.append(access_spec(self._alloc_of(t, stop, site), start, stop,
+                                                region, write))
         if self.delay.enabled:
             self._maybe_delay(site, name)
         self.op_counter.count(name)

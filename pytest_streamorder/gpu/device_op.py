@@ -1,5 +1,8 @@
-"""One aten op on CUDA tensors in the model: its accesses (from the shared op layer),
-the allocations it made, the delay injected before it, and whether the host waited."""
+"""One aten op on CUDA tensors in the model: its accesses (from the shared op layer:
+exact sets, strided views compared element by element), the allocations it made, the
+delay injected before it, and whether the host waited. An indexed op's access to `self`
+is pending until its index values, copied to a private pinned ring right after it on
+the same stream, are read at a later host sync (index_ring.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ import time
 
 import torch
 
-from ..model import Site
-from ..ops.ranges import byte_range, storage_base
+from ..model import Pending, Site
+from ..ops.indexed import indexed
+from ..ops.ranges import access_spec, storage_base, tensor_set
 
 aten = torch.ops.aten
 T = torch.Tensor
@@ -40,6 +44,8 @@ class DeviceOps:
         if self.delay.enabled:
             self._maybe_delay(site, info.name)
 
+        if self._ring is not None:
+            self._harvest()  # races it finds are raised by the launch below, at this line
         self._pending = pending = []
         self._synced_in_op = False
         self._in_op = True
@@ -55,21 +61,29 @@ class DeviceOps:
         sync_after = info.syncs_with(args, kwargs)
         bases = set()
         cpu_involved = False
+        ix = indexed(func)
+        target = args[0] if ix is not None and args else None
+        index_access = None  # (Pending, layout) of an indexed op's access to `self`
         for t, write in tensors:
             if t.is_cuda:
-                start, stop = byte_range(t)
+                start, stop, region = tensor_set(t)
                 if start == stop:
                     continue
                 alloc = self._alloc_of(t, stop, site)
                 bases.add(alloc.address)
-                accesses.append((alloc, start, stop, write))
+                if t is target and index_access is None:
+                    index_access = (Pending(start, stop, region), (
+                        tuple(t.shape), t.stride(), t.storage_offset(), t.element_size()))
+                    accesses.append((alloc, index_access[0], write))
+                else:
+                    accesses.append(access_spec(alloc, start, stop, region, write))
             elif t.dim() > 0 or write:
                 cpu_involved = True
                 palloc = self._pinned_of(t, site)
                 if palloc is not None:
-                    start, stop = byte_range(t)
+                    start, stop, region = tensor_set(t)
                     if start < stop:
-                        accesses.append((palloc, start, stop, write))
+                        accesses.append(access_spec(palloc, start, stop, region, write))
                 elif write:
                     sync_after = True  # a D2H copy into pageable memory: synchronous
         undeclared_views = 0
@@ -79,7 +93,7 @@ class DeviceOps:
                 if not isinstance(o, T) or info.output_alias(i) is not None:
                     continue
                 if o.is_cuda:
-                    start, stop = byte_range(o)
+                    start, stop, region = tensor_set(o)
                     if start == stop:
                         continue
                     base = storage_base(o)
@@ -94,23 +108,25 @@ class DeviceOps:
                         alloc = None
                     if alloc is None:
                         alloc = self._allocate(o, base, agent, site, info.name)
-                    accesses.append((alloc, start, stop, True))
+                    accesses.append(access_spec(alloc, start, stop, region, True))
                 else:  # D2H into a new host tensor (Tensor.to("cpu") / .cpu())
                     cpu_involved = True
                     palloc = self._pinned_of(o, site) if o.numel() > 0 else None
                     if palloc is not None:
-                        start, stop = byte_range(o)
-                        accesses.append((palloc, start, stop, True))
+                        accesses.append(access_spec(palloc, *tensor_set(o), True))
                     else:
                         sync_after = True
         if info.is_copy and cpu_involved and not _non_blocking(func, args, kwargs):
             sync_after = True
         if undeclared_views and not info.writes and not cpu_involved and not sync_after \
-                and not pending and not any(a[3] for a in accesses):
+                and not pending and not any(a[-1] for a in accesses):
             return out  # _unsafe_view, unsafe_split: views in all but the schema
 
         self.op_counter.count(info.name)
         self.hb.launch(agent, info.name, accesses, site)
+        if index_access is not None:
+            self._stage_indices(ix, index_access, agent, args, kwargs,
+                                synced=sync_after or self._synced_in_op)
         for fn, fargs in pending:
             fn(*fargs)
         if sync_after:
@@ -118,6 +134,23 @@ class DeviceOps:
         if sync_after or self._synced_in_op:
             self.host_blocked_s += elapsed
         return out
+
+
+    def _stage_indices(self, ix, index_access, agent, args, kwargs, synced: bool) -> None:
+        """Copy the op's index values to the ring on its stream, to resolve its pending
+        access at a later host sync; unknown (nothing reported) where that cannot be done."""
+        pending, layout = index_access
+        ring = self._ring
+        if ring is None or torch.cuda.is_current_stream_capturing():
+            self.hb.resolve(pending, None)
+            return
+        # A sync inside the op (a mask through nonzero) came before the copy: only a
+        # sync covering a later op of the stream covers the copy too.
+        need = agent.clock[agent.id] + (1 if synced else 0)
+        ring.stage(self.hb, ix, pending, agent, args, kwargs, layout, need)
+
+    def _harvest(self, force: bool = False) -> None:
+        self._ring.harvest(self.hb, force)
 
 
 def _non_blocking(func, args, kwargs) -> bool:

@@ -3,6 +3,7 @@ detector on it. It imports nothing of pytest-streamorder outside this folder.
 
     clock.py    vector clocks (what each agent knows of the others)
     site.py     where an access came from: a cheap stack capture
+    regions.py  exact sets of bytes: spans, strided boxes, explicit runs
     objects.py  streams, events, allocations and accesses, as plain records
     report.py   a Race, and its report in words
     hb.py       HappensBefore: one method per CUDA ordering rule, and the race check
@@ -26,11 +27,11 @@ The few race-detection words the code uses, said once:
 """
 
 from .hb import HappensBefore
-from .objects import READ, WRITE, Access, Agent, Allocation, Event
+from .objects import READ, WRITE, Access, Agent, Allocation, Event, Pending
 from .report import Race
 from .site import UNKNOWN_SITE, Site
 
 __all__ = [
-    "READ", "WRITE", "Access", "Agent", "Allocation", "Event", "HappensBefore", "Race",
+    "READ", "WRITE", "Access", "Agent", "Allocation", "Event", "HappensBefore", "Pending", "Race",
     "Site", "UNKNOWN_SITE",
 ]

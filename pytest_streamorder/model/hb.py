@@ -13,9 +13,45 @@ program does, in program order, as the host issues it:
 
 Every rule lives in one method below. Ordering is tracked with vector clocks
 (clock.py); memory with a per-allocation list of recent accesses ("shadow"), checked
-FastTrack-style against the accessing agent's clock. Detection happens when work is
-*issued*, so the verdict depends only on the program's ordering edges, never on how a
-schedule happened to run it.
+FastTrack-style against the accessing agent's clock. An access is the exact set of bytes
+it touches (regions.py: a span, a strided box, explicit runs). Detection happens when
+work is *issued*, so the verdict depends only on the program's ordering edges, never on
+how a schedule happened to run it.
+
+Pending accesses (index_put_, scatter_, ...: the set depends on index values that exist
+only when the op runs). The caller passes a `Pending` holding a superset and later calls
+`resolve(pending, exact)`. The verdict must still be the one a brute-force closure over
+the issued program gives: the pending access P races with an access X iff their exact
+sets share a byte, one writes, and neither is ordered before the other by the clocks
+*at issue*. Ordering is decided at issue as for any access (P's epoch and clock are
+fixed then); only the intersection waits. So:
+
+- P is checked at issue like any access, against the shadow, with its superset: an
+  earlier entry that conflicts with the superset and is not ordered before P becomes a
+  *pair* (earlier, P), to compare exactly later. Nothing is reported yet.
+- P enters the shadow with its superset. A later access X checked before P resolves
+  meets P there: if P is ordered before X, nothing (X may even forget P, below); if not
+  and the kinds conflict on the superset, the pair (P, X) is noted. So accesses issued
+  after P but checked before it runs are still compared with it, exactly, once known.
+- P itself never makes an earlier entry redundant (its exact set may be smaller than
+  the superset), so every entry P could race with stays visible to later accesses.
+- resolve() settles P (its shadow entry takes the exact set, so accesses checked later
+  compare exactly) and evaluates P's pairs whose other side is known too (a pair of two
+  pending accesses is evaluated when the second resolves). A pair that intersects is a
+  race; at most one is reported per later access, as at issue.
+- Such a race is found while a stream runs the op, where raising would unwind the
+  scheduler: it waits in `_deferred` and is reported by `flush()`, which launch and
+  host_access call first and the syncs call last (flush_on_sync), so it surfaces at the
+  next launch, host access or sync, and at the final drain.
+
+Why forgetting stays sound: the shadow forgets an earlier entry E when a later access W,
+ordered after E, covers E's set and W writes (or both read). Any access Y racing with E
+then races with W: Y meets W (E is inside W), and Y cannot be ordered after W without
+being ordered after E. This holds when E is pending (its superset is inside W, so its
+exact set is), and when Y is pending (Y's pair with W is noted at Y's issue, and Y meets
+W whenever it meets E). So the set of accesses flagged equals the brute force's whatever
+the moment each pending access resolves; tests/properties/test_model_vs_bruteforce.py
+checks it with resolves at random points of random traces.
 """
 
 from __future__ import annotations
@@ -23,7 +59,8 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from .clock import VectorClock, entry, join_into
-from .objects import Access, AccessSpec, Agent, Allocation, Event, WaitNote
+from .objects import Access, AccessSpec, Agent, Allocation, Event, Pending, WaitNote
+from .regions import clip, cut, meets, shift as shifted, within
 from .report import Race
 from .site import UNKNOWN_SITE, Site
 
@@ -44,6 +81,12 @@ class HappensBefore:
         self._allocs = 0
         self._freed: dict[str, list[Allocation]] = {}  # space -> freed, not yet fully reused
         self._stream_names: set[str] = set()
+        self._deferred: list[Race] = []  # found when a pending access resolved, not reported
+        self._flagged: set[int] = set()  # seqs of accesses already reported as the later one
+        self.unresolved = 0  # pending accesses whose exact set could not be learnt
+        # Report deferred races from the sync methods too (the GPU backend turns it off:
+        # its syncs arrive in trace callbacks, inside C++, where an exception is lost).
+        self.flush_on_sync = True
 
     # --- agents and events --------------------------------------------------------
 
@@ -92,6 +135,8 @@ class HappensBefore:
                site: Site = UNKNOWN_SITE) -> list[Race]:
         """Work on `stream`: FIFO after the stream's earlier work, after the host's past."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if self._deferred:
+            self.flush()
         self._enqueue(stream)
         stream.clock[stream.id] += 1
         return self._check_all(stream, accesses, op, site)
@@ -100,6 +145,8 @@ class HappensBefore:
                     site: Site = UNKNOWN_SITE) -> list[Race]:
         """The host reads or writes memory directly (pinned buffers)."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if self._deferred:
+            self.flush()
         return self._check_all(self.host, accesses, op, site)
 
     def record(self, event: Event, stream: Agent, site: Site = UNKNOWN_SITE) -> None:
@@ -133,18 +180,27 @@ class HappensBefore:
     def sync_stream(self, stream: Agent) -> None:
         """The host waited for all work issued to `stream` so far: stream.synchronize(),
         a query() that returned True, or a blocking copy on it."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         _check_stream(stream)
         join_into(self.host.clock, stream.clock)
+        if self._deferred and self.flush_on_sync:
+            self.flush()
 
     def sync_event(self, event: Event) -> None:
         """event.synchronize() or a True event.query(); a never-recorded event is a no-op."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if event.capture is not None:
             join_into(self.host.clock, event.capture)
+        if self._deferred and self.flush_on_sync:
+            self.flush()
 
     def sync_device(self) -> None:
         """torch.cuda.synchronize(): the host waits for every stream."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
         for stream in self.streams():
             join_into(self.host.clock, stream.clock)
+        if self._deferred and self.flush_on_sync:
+            self.flush()
 
     # --- memory -----------------------------------------------------------------
 
@@ -198,12 +254,14 @@ class HappensBefore:
                 continue
             shift = old_lo - lo  # old offset + shift = new offset
             for acc in old.shadow:
-                start, stop = max(acc.start + shift, 0), min(acc.stop + shift, alloc.nbytes)
-                if start >= stop or _fenced(acc, old.reuse_fences):
+                _settle(acc)
+                if acc.start >= acc.stop or _fenced(acc, old.reuse_fences):
                     continue
                 # acc.alloc, not old: an access carried over an earlier reuse still names the
                 # tensor it touched, the one that needed record_stream.
-                alloc.shadow.append(_with_range(acc, start, stop))
+                moved = _carried(acc, shift, alloc.nbytes)
+                if moved is not None:
+                    alloc.shadow.append(moved)
             if not (lo <= old_lo and old_hi <= hi):
                 # Parts of it may be handed out again. The bytes handed to `alloc` now keep
                 # their history in alloc's shadow (pruned by its accesses, fenced by its own
@@ -220,22 +278,31 @@ class HappensBefore:
                    site: Site) -> list[Race]:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         found = []
-        for alloc, start, stop, is_write in accesses:
-            race = self._check(agent, alloc, start, stop, is_write, op, site)
+        for spec in accesses:
+            if len(spec) == 4:
+                alloc, start, stop, is_write = spec
+                race = self._check(agent, alloc, start, stop, None, None, is_write, op, site)
+            else:
+                alloc, what, is_write = spec
+                pending = what if type(what) is Pending else None
+                race = self._check(agent, alloc, what.start, what.stop,
+                                   what.region if pending is not None else what, pending,
+                                   is_write, op, site)
             if race is not None:
                 found.append(race)
         return found
 
-    def _check(self, agent: Agent, alloc: Allocation, start: int, stop: int, is_write: bool,
-               op: str, site: Site) -> Race | None:
+    def _check(self, agent: Agent, alloc: Allocation, start: int, stop: int, region,
+               pending: Pending | None, is_write: bool, op: str, site: Site) -> Race | None:
         """Check one access against the allocation's shadow, then update the shadow.
 
-        A write conflicts with every earlier overlapping access, a read with every
-        earlier overlapping write; a conflict is a race unless the earlier access
+        A write conflicts with every earlier access it shares a byte with, a read with
+        every such earlier write; a conflict is a race unless the earlier access
         happened before this one (its epoch is in the agent's clock). An earlier
         access that happened before this one and lies inside it can be forgotten
         when this one is a write or both are reads: anything that would race with
-        it then races with this one too.
+        it then races with this one too. A conflict with a pending access (either
+        side) is a pair to compare once both sets are known (module docstring).
         """
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if alloc.freed:
@@ -244,40 +311,135 @@ class HappensBefore:
             raise ValueError(
                 f"{op}: byte range [{start}, {stop}) is outside {alloc.label} "
                 f"({alloc.nbytes} bytes)")
+        if pending is not None and (pending.access is not None or pending.resolved):
+            raise ValueError(f"{op}: a Pending access is checked once, before it resolves")
         if start == stop:
             return None  # zero-size accesses touch nothing
         self.accesses += 1
         self._seq += 1
         clock = agent.clock
-        access = Access(self._seq, agent, clock[agent.id], alloc, start, stop, is_write, op, site)
+        access = Access(self._seq, agent, clock[agent.id], alloc, start, stop, is_write, op, site,
+                        region)
+        if pending is not None:
+            access.pending = pending
+            access.region = pending  # marks it pending: the fast path below skips it
+            pending.access = access
+        plain = region is None and pending is None
         race = None
         kept = []
         for prev in alloc.shadow:
             if prev.stop <= start or prev.start >= stop:
                 kept.append(prev)
                 continue
+            if plain and prev.region is None:  # two spans: the fast path
+                pid = prev.agent.id
+                if prev.count <= (clock[pid] if pid < len(clock) else 0):
+                    if (is_write or not prev.is_write) and start <= prev.start and prev.stop <= stop:
+                        continue  # dominated by this access
+                elif race is None and (is_write or prev.is_write):
+                    race = Race(prev, access, alloc, _facts(agent))
+                kept.append(prev)
+                continue
+            # Exact sets, or a pending access on either side.
+            if prev.pending is not None:
+                if _settle(prev):  # resolved since: its exact set from now on
+                    if prev.start == prev.stop:
+                        continue  # it touched nothing
+                    if prev.stop <= start or prev.start >= stop:
+                        kept.append(prev)
+                        continue
+                    prev_set = prev.region
+                else:
+                    prev_set = prev.pending.region if prev.carry is None else None  # superset
+            else:
+                prev_set = prev.region
+            if not meets(prev.start, prev.stop, prev_set, start, stop, region):
+                kept.append(prev)
+                continue
             pid = prev.agent.id
-            ordered = prev.count <= (clock[pid] if pid < len(clock) else 0)
-            if ordered:
-                if (is_write or not prev.is_write) and start <= prev.start and prev.stop <= stop:
+            if prev.count <= (clock[pid] if pid < len(clock) else 0):
+                if pending is None and (is_write or not prev.is_write) and \
+                        within(prev.start, prev.stop, prev_set, start, stop, region):
                     continue  # dominated by this access
-            elif race is None and (is_write or prev.is_write):
-                race = Race(prev, access, alloc, _facts(agent))
+            elif is_write or prev.is_write:
+                if pending is not None or prev.pending is not None:
+                    self._pair(prev, access, alloc, agent)
+                elif race is None:
+                    race = Race(prev, access, alloc, _facts(agent))
             kept.append(prev)
         kept.append(access)
         alloc.shadow = kept
         if race is not None:
+            self._flagged.add(access.seq)
             self._found(race)
         return race
 
+    # --- pending accesses (module docstring) ------------------------------------------
+
+    def _pair(self, earlier: Access, later: Access, alloc: Allocation, agent: Agent) -> None:
+        pair = (earlier, later, alloc, _facts(agent))
+        for acc in (earlier, later):
+            if acc.pending is not None:
+                acc.pending.pairs.append(pair)
+
+    def resolve(self, pending: Pending, exact: tuple | None) -> None:
+        """The op of a pending access ran: `exact` = (start, stop, region) is the set it
+        touched (within the superset given at issue), or None when it could not be
+        learnt (then nothing is reported for it; counted in `unresolved`). Races found
+        are reported at the next flush()."""
+        if pending.resolved:
+            raise ValueError("this pending access was already resolved")
+        if exact is None:
+            self.unresolved += 1
+            exact = (0, 0, None)
+        elif exact[0] < exact[1] and not (pending.start <= exact[0] and exact[1] <= pending.stop):
+            raise ValueError(f"exact set {exact[:2]} lies outside the pending access's "
+                             f"[{pending.start}, {pending.stop})")
+        pending.resolved = True
+        pending.exact = exact
+        access = pending.access
+        if access is None:
+            return  # it touched nothing at issue already
+        _settle(access)
+        if access.start == access.stop:
+            shadow = access.alloc.shadow
+            if access in shadow:
+                shadow.remove(access)
+        pairs, pending.pairs = pending.pairs, []
+        for earlier, later, alloc, facts in pairs:
+            if not (_settle(earlier) and _settle(later)) or later.seq in self._flagged:
+                continue  # the other side is still pending (it evaluates the pair), or done
+            if meets(earlier.start, earlier.stop, earlier.region,
+                     later.start, later.stop, later.region):
+                self._flagged.add(later.seq)
+                self._deferred.append(Race(earlier, later, alloc, facts))
+
+    def flush(self) -> None:
+        """Report the races that resolve() found, naming this call as where (the
+        innermost user frame above it)."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if not self._deferred:
+            return
+        deferred, self._deferred = self._deferred, []
+        site = Site.here(1)
+        for race in deferred:
+            race.found_at = site
+            self._keep(race)
+        if self.on_race is not None:
+            for race in deferred:
+                self.on_race(race)
+
     def _found(self, race: Race) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        self._keep(race)
+        if self.on_race is not None:
+            self.on_race(race)
+
+    def _keep(self, race: Race) -> None:
         if len(self.races) < self.max_races:
             self.races.append(race)
         else:
             self.races_dropped += 1
-        if self.on_race is not None:
-            self.on_race(race)
 
 
 def _check_stream(agent: Agent) -> None:
@@ -287,23 +449,73 @@ def _check_stream(agent: Agent) -> None:
         raise ValueError("the host is not a stream: work cannot be queued on it")
 
 
-def _with_range(acc: Access, start: int, stop: int) -> Access:
-    """The same access (same seq and epoch) restricted to bytes [start, stop)."""
+def _settle(acc: Access) -> bool:
+    """Give an access of a resolved pending op its exact set (for a copy carried to a
+    reused block: shifted, within the copy's window). False while still pending."""
+    pending = acc.pending
+    if pending is None:
+        return True
+    if not pending.resolved:
+        return False
+    start, stop, region = pending.exact
+    if acc.carry is not None:
+        start, stop, region = clip(start + acc.carry, stop + acc.carry,
+                                   shifted(region, acc.carry), acc.start, acc.stop)
+    acc.start, acc.stop, acc.region = (start, stop, region) if start < stop else (0, 0, None)
+    acc.pending = acc.carry = None
+    return True
+
+
+def _with_set(acc: Access, start: int, stop: int, region=None) -> Access:
+    """The same access (same seq and epoch) with another set of bytes."""
     return Access(acc.seq, acc.agent, acc.count, acc.alloc, start, stop, acc.is_write,
-                  acc.op, acc.site)
+                  acc.op, acc.site, region)
+
+
+def _window(acc: Access, start: int, stop: int, carry: int) -> Access:
+    """A copy of a still-pending access, limited to [start, stop), `carry` bytes from
+    the original's offsets; it takes its exact set when the pending op resolves."""
+    copy = _with_set(acc, start, stop, acc.pending)  # region: the pending mark
+    copy.pending = acc.pending
+    copy.carry = carry
+    return copy
+
+
+def _carried(acc: Access, shift: int, nbytes: int) -> Access | None:
+    """The access moved `shift` bytes, into a block of `nbytes` (None: nothing left)."""
+    if acc.pending is not None:
+        start, stop = max(acc.start + shift, 0), min(acc.stop + shift, nbytes)
+        return _window(acc, start, stop, (acc.carry or 0) + shift) if start < stop else None
+    if acc.region is None:
+        start, stop = max(acc.start + shift, 0), min(acc.stop + shift, nbytes)
+        return _with_set(acc, start, stop) if start < stop else None
+    start, stop, region = clip(acc.start + shift, acc.stop + shift, shifted(acc.region, shift),
+                               0, nbytes)
+    return _with_set(acc, start, stop, region) if start < stop else None
 
 
 def _cut(shadow: list[Access], lo: int, hi: int) -> list[Access]:
     """The shadow without bytes [lo, hi): accesses straddling the cut keep their ends."""
     kept = []
     for acc in shadow:
+        _settle(acc)
         if acc.stop <= lo or acc.start >= hi:
             kept.append(acc)
             continue
-        if acc.start < lo:
-            kept.append(_with_range(acc, acc.start, lo))
-        if acc.stop > hi:
-            kept.append(_with_range(acc, hi, acc.stop))
+        if acc.pending is not None:  # still pending: narrow its window
+            if acc.start < lo:
+                kept.append(_window(acc, acc.start, lo, acc.carry or 0))
+            if acc.stop > hi:
+                kept.append(_window(acc, hi, acc.stop, acc.carry or 0))
+        elif acc.region is not None:
+            start, stop, region = cut(acc.start, acc.stop, acc.region, lo, hi)
+            if start < stop:
+                kept.append(_with_set(acc, start, stop, region))
+        else:
+            if acc.start < lo:
+                kept.append(_with_set(acc, acc.start, lo))
+            if acc.stop > hi:
+                kept.append(_with_set(acc, hi, acc.stop))
     return kept
 
 

@@ -1,6 +1,6 @@
 """What the model tracks, in CUDA's words: the host and each stream (an `Agent`), events,
 allocations (a block of device or pinned host memory) and accesses (one read or write of
-a byte range of an allocation). Plain records: the rules that connect them are in hb.py.
+a set of bytes of an allocation). Plain records: the rules that connect them are in hb.py.
 """
 
 from __future__ import annotations
@@ -95,11 +95,21 @@ class Allocation:
 
 
 class Access:
-    """One read or write of bytes [start, stop) of an allocation, by one agent."""
+    """One read or write of a set of bytes of an allocation, by one agent: [start, stop)
+    bounds the set; `region` is None when the access touches every byte of it (a
+    contiguous tensor), else the exact set (regions.py: a strided Box or explicit Runs).
 
-    __slots__ = ("seq", "agent", "count", "alloc", "start", "stop", "is_write", "op", "site")
+    An access whose set depends on index values (index_put_, scatter_, ...) is issued
+    with `pending` set, and `region` is that Pending too (one check keeps such entries
+    off the detector's fast path): until its op ran, [start, stop) and pending.region
+    are a superset (the whole indexed tensor), and hb.py compares it exactly once
+    `pending.exact` is known. A copy carried to a reused block has `carry`: the shift
+    from the original's offsets (and [start, stop) as its superset)."""
 
-    def __init__(self, seq, agent, count, alloc, start, stop, is_write, op, site):
+    __slots__ = ("seq", "agent", "count", "alloc", "start", "stop", "is_write", "op", "site",
+                 "region", "pending", "carry")
+
+    def __init__(self, seq, agent, count, alloc, start, stop, is_write, op, site, region=None):
         self.seq = seq  # global issue order, for reports and tests
         self.agent = agent
         self.count = count  # the agent's own clock entry at the access: its epoch
@@ -109,6 +119,9 @@ class Access:
         self.is_write = is_write
         self.op = op
         self.site = site
+        self.region = region
+        self.pending = None  # a Pending not settled yet (see hb.py, "pending accesses")
+        self.carry = None  # for a copy of a pending access in a reused block: its shift
 
     @property
     def kind(self) -> str:
@@ -119,4 +132,31 @@ class Access:
                 f"of {self.alloc.label}[{self.start}:{self.stop}]>")
 
 
-AccessSpec = Sequence  # (allocation, start, stop, is_write)
+class Pending:
+    """The caller's handle on an access whose exact set is known only when its op runs.
+
+    Pass `(allocation, Pending(start, stop, region), is_write)` to launch/host_access,
+    with (start, stop, region) a superset of what the op can touch; once the op ran, call
+    `HappensBefore.resolve(pending, (start, stop, region))` with the exact set (or None
+    when it could not be learnt)."""
+
+    __slots__ = ("start", "stop", "region", "access", "exact", "resolved", "pairs")
+
+    def __init__(self, start: int, stop: int, region=None):
+        self.start, self.stop, self.region = start, stop, region  # the superset
+        self.access: Access | None = None  # set when it is checked (None: touches nothing)
+        self.exact: tuple | None = None  # (start, stop, region) once resolved
+        self.resolved = False
+        self.pairs: list = []  # (earlier, later, allocation, facts) to compare once exact
+
+    def describe(self) -> str:
+        return "the elements its index values name (not known yet)"
+
+    def __repr__(self) -> str:
+        state = f"exact {self.exact}" if self.resolved else "pending"
+        return f"<Pending [{self.start}, {self.stop}) {state}>"
+
+
+AccessSpec = Sequence
+"""(allocation, start, stop, is_write): a span; (allocation, region, is_write): an exact
+set (a regions.Box or Runs), or a Pending whose set is known when its op runs."""

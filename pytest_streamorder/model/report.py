@@ -8,6 +8,7 @@ report -> hb).
 from __future__ import annotations
 
 from .objects import Access, Allocation
+from .regions import describe
 
 STACK_LINES = 6
 
@@ -18,13 +19,16 @@ class Race:
     str(race) is the full report (`format_race`); `race.explain()` its last line, the
     missing edge in words (`missing_edge`)."""
 
-    __slots__ = ("earlier", "later", "alloc", "facts")
+    __slots__ = ("earlier", "later", "alloc", "facts", "found_at")
 
     def __init__(self, earlier: Access, later: Access, alloc: Allocation, facts: tuple):
         self.earlier = earlier
         self.later = later
         self.alloc = alloc  # the allocation the later access touched
         self.facts = facts  # what the explanation needs, snapshotted when found
+        # For a race found when an indexed op ran (its set known only then): the call
+        # that reported it (a later launch, host access or sync). None: found at issue.
+        self.found_at = None
 
     def explain(self) -> str:
         return missing_edge(self)
@@ -108,7 +112,8 @@ def _verbed(acc: Access) -> str:
 
 def _access_block(title: str, acc: Access) -> list[str]:
     who = acc.agent.describe()
-    lines = [f"  {title}: {acc.kind} by {who} in {acc.op}, bytes [{acc.start}, {acc.stop})"]
+    lines = [f"  {title}: {acc.kind} by {who} in {acc.op}, "
+             f"{describe(acc.start, acc.stop, acc.region)}"]
     stack = acc.site.user_lines()
     for i, frame in enumerate(stack[:STACK_LINES]):
         lines.append(f"      {'at' if i == 0 else '  '} {frame}")
@@ -128,5 +133,8 @@ def format_race(race: Race) -> str:
                      f"{first.alloc.site.location()}, freed at {first.alloc.free_site.location()}")
     lines += _access_block("earlier", first)
     lines += _access_block("later", second)
+    if race.found_at is not None:
+        lines.append(f"  found: when the indexed op ran (the elements its index values name "
+                     f"are known only then); reported at {race.found_at.location()}")
     lines.append(f"  missing edge: {missing_edge(race)}")
     return "\n".join(lines)

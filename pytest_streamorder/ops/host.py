@@ -3,10 +3,15 @@
 It writes its first argument when it is in place (name ends in '_') or __setitem__,
 and writes `out=`; it reads every other tensor argument (list elements included),
 unless it only made a view of it (then no data was read yet; a later access through
-the view counts, since the view shares the pinned storage). Metadata queries (size,
-shape, data_ptr, ...) touch no data, and a call that returns a device tensor is an
-upload the device path saw. A call with a device tensor among its arguments is
-a device op: the backend's device path sees it.
+the view counts, since the view shares the pinned storage): basic indexing
+`pinned[i]` is a view, not a read. Metadata queries (size, shape, data_ptr, ...) touch
+no data, and a call that returns a device tensor is an upload the device path saw. A
+call with a device tensor among its arguments is a device op: the backend's device
+path sees it.
+
+Each access is the exact set of elements touched (`host_access_specs`): a view's
+elements, and for `pinned[key] = v` / `pinned[key]` with an index tensor, list or mask,
+the elements the key names (its values are on the host already).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import torch
 
 from .catalog import HOST_METADATA_FUNCS
+from .indexed import key_set
+from .ranges import access_spec, tensor_access, tensor_set
 
 T = torch.Tensor
 
@@ -91,3 +98,17 @@ def _storages(out) -> set:
             if key:  # 0: an empty storage, which is no view of anything
                 keys.add(key)
     return keys
+
+
+def host_access_specs(func, hits, out, args) -> list[tuple]:
+    """The model access specs (ranges.access_spec) of the host call `func(*args)` that
+    returned `out`, for the pinned operands `hits`: each the exact set it touched."""
+    name = call_name(func)
+    specs = []
+    for t, alloc, is_write in host_accesses(func, hits, out):
+        if name in ("__setitem__", "__getitem__") and len(args) > 1 and t is args[0]:
+            exact = key_set(t, args[1])  # only the elements the key names
+            specs.append(access_spec(alloc, *(exact or tensor_set(t)), is_write))
+        else:
+            specs.append(tensor_access(alloc, t, is_write))
+    return specs

@@ -20,11 +20,11 @@ from ..model import HappensBefore, Race, Site
 from ..ops.limit import OpCounter
 from ..ops.naming import TensorLabel
 from ..ops.pinned import PinnedRegistry
-from ..ops.ranges import byte_range, extent
+from ..ops.ranges import extent, tensor_access
 from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Scheduler
 from .cuda_module import install as install_cuda_module, uninstall as uninstall_cuda_module
 from .interception import enter as enter_interception, exit as exit_interception
-from .issue import Ref
+from .issue import Ref, _access
 from .memory import CachingAllocator
 from .streams import VirtualStream
 from .runtime import active_device, current, set_active  # noqa: F401  (active_device: re-exported)
@@ -232,8 +232,7 @@ class VirtualDevice:
         for t in list(reads) + list(writes):
             if not isinstance(t, DeviceTensor):
                 raise TypeError(f"custom kernel {name!r}: {type(t).__name__} is not a virtual CUDA tensor")
-        accesses = [(t._vs.alloc, *t._range, False) for t in reads] + \
-                   [(t._vs.alloc, *t._range, True) for t in writes]
+        accesses = [_access(t, False) for t in reads] + [_access(t, True) for t in writes]
         refs = [Ref(t) for t in list(reads) + list(writes)]
 
         def run():
@@ -266,8 +265,7 @@ class VirtualDevice:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         alloc = self.pinned_alloc(t)
         if alloc is not None:
-            start, stop = byte_range(t)
-            self.hb.host_access(op, [(alloc, start, stop, is_write)], site)
+            self.hb.host_access(op, [tensor_access(alloc, t, is_write)], site)
 
     def host_read(self, t: torch.Tensor, op: str, site: Site) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours

@@ -18,8 +18,8 @@ from torch.overrides import TorchFunctionMode
 from ..errors import NotModelledError
 from ..host_threads import RUNTIME_LOCK
 from ..model import Site
-from ..ops.host import call_name, host_accesses, pinned_operands
-from ..ops.ranges import byte_range, extent
+from ..ops.host import call_name, host_access_specs, pinned_operands
+from ..ops.ranges import extent, tensor_access
 from .issue import Ref, _access, issue, output_layouts
 from . import threads
 from .generators import check_generator_arg, cuda_generator_arg
@@ -152,12 +152,9 @@ def _host_call(vd, func, args, kwargs, hits):
     it reads and writes)."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     out = func(*args, **kwargs)
-    accesses = host_accesses(func, hits, out)
-    if accesses:
-        site = Site.here(2)
-        name = f"host {call_name(func)}"
-        for t, _alloc, is_write in accesses:
-            vd.host_access(t, is_write, name, site)
+    specs = host_access_specs(func, hits, out, args)
+    if specs:
+        vd.hb.host_access(f"host {call_name(func)}", specs, Site.here(2))
     return out
 
 
@@ -194,8 +191,7 @@ def upload(vd, dst: DeviceTensor, src: torch.Tensor, site: Site, name: str,
     dst_ref = Ref(dst)
     accesses = [_access(dst, True)]
     if pinned is not None and not blocking:
-        start, stop = byte_range(src)
-        accesses.append((pinned, start, stop, False))
+        accesses.append(tensor_access(pinned, src, False))
         host_src = src  # read when the copy runs
     else:
         vd.host_read(src, name, site)
@@ -221,8 +217,7 @@ def download(vd, dst: torch.Tensor, src: DeviceTensor, site: Site, name: str,
     src_ref = Ref(src)
     accesses = [_access(src, False)]
     if pinned is not None:
-        start, stop = byte_range(dst)
-        accesses.append((pinned, start, stop, True))
+        accesses.append(tensor_access(pinned, dst, True))
     vd.launch(name, accesses, site, lambda: _copy_into(dst, src_ref.view()))
     if pinned is not None and non_blocking:  # the pinned block is not reused before it ran
         host_allocator(vd).record_copy(dst, vd.current_stream.queue)

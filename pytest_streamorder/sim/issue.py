@@ -7,6 +7,12 @@ closure that runs it on the CPU buffers is queued on the current stream. Ops who
 output shape depends on data (nonzero, masked indexing, item) or that return a Python
 value cannot be issued ahead: like on a GPU, they copy on the current stream and make
 the host wait for that stream.
+
+Accesses are exact sets (ops/ranges.py): a strided view touches only its elements. An
+indexed op (index_put_, scatter_, masked_fill_, gathers: ops/indexed.py) touches the
+elements its index values name, known only when it runs: its access to `self` is issued
+as a pending one (the whole view as superset) and resolved from the index values just
+before the op runs (or, for an op that syncs, right after the sync).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import torch
 
 from ..errors import NotModelledError
 from ..model import Site
+from ..ops.indexed import indexed, pending_for, touched
+from ..ops.ranges import layout_set, register_cache
 from ..ops.schema import op_info
 from .generators import draw_seed
 from .tensor import DeviceTensor, view_of
@@ -195,9 +203,8 @@ def issue(vd, func, args, kwargs, site: Site):
             accesses.append(_access(out, True))
 
     if not info.is_view:
-        for _name, t, write in operands:
-            if isinstance(t, DeviceTensor):
-                accesses.append(_access(t, write))
+        ix = indexed(func)
+        pending = _operand_accesses(ix, operands, accesses)
         for t in host_inputs:
             vd.host_read(t, f"upload of {info.name} argument", site)
         seed = None
@@ -206,8 +213,18 @@ def issue(vd, func, args, kwargs, site: Site):
             seed = draw_seed(vd, kwargs)
         cargs = capture(args)
         ckwargs = {k: capture(v) for k, v in kwargs.items()} if kwargs else kwargs
-        vd.launch(info.name, accesses, site,
-                  lambda: run_captured(func, cargs, ckwargs, out_refs, seed))
+        # Its layout now (in-place view ops change it later), never the tensor itself:
+        # queued work must not keep the storage alive.
+        if pending is not None:
+            layout, itemsize = operands[0][1]._layout, operands[0][1].dtype.itemsize
+
+        def run():
+            __tracebackhide__ = True  # pytest: show the user's frames, not ours
+            if pending is not None:  # the index values exist now, before the op uses them
+                _resolve(vd.hb, ix, pending, layout, itemsize, cargs, ckwargs)
+            run_captured(func, cargs, ckwargs, out_refs, seed)
+
+        vd.launch(info.name, accesses, site, run)
     if info.returns_list:
         return outputs
     if info.n_returns == 1:
@@ -215,9 +232,49 @@ def issue(vd, func, args, kwargs, site: Site):
     return tuple(outputs) if outputs else None
 
 
+_SETS = register_cache({})  # (layout, byte range) -> (start, stop, region); the pair fixes the itemsize
+
+
 def _access(t: DeviceTensor, is_write: bool):
-    start, stop = t._range
-    return (t._vs.alloc, start, stop, is_write)
+    """The model access of a device tensor: its exact set of bytes."""
+    key = (t._layout, t._range)
+    hit = _SETS.get(key)
+    if hit is None:
+        if len(_SETS) >= 4096:
+            _SETS.clear()
+        size, stride, offset = t._layout
+        hit = _SETS[key] = layout_set(size, stride, offset, t.dtype.itemsize)
+    start, stop, region = hit
+    if region is None:
+        return (t._vs.alloc, start, stop, is_write)
+    return (t._vs.alloc, region, is_write)
+
+
+def _operand_accesses(ix, operands, accesses: list):
+    """Append the accesses of an op's device-tensor operands; for an indexed op, the
+    one to its first argument is pending. Returns that Pending, or None."""
+    pending = None
+    for i, (_name, t, write) in enumerate(operands):
+        if not isinstance(t, DeviceTensor):
+            continue
+        if i == 0 and ix is not None:
+            size, stride, offset = t._layout
+            pending = pending_for(size, stride, offset, t.dtype.itemsize)
+            accesses.append((t._vs.alloc, pending, write))
+        else:
+            accesses.append(_access(t, write))
+    return pending
+
+
+def _resolve(hb, ix, pending, layout, itemsize: int, cargs, ckwargs) -> None:
+    """Resolve an indexed op's pending access from its index values as they are now
+    (only the index tensors are read; the other captured arguments give dims)."""
+    ckwargs = ckwargs or {}
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+        values = [materialize(v) for v in ix.index_tensors(cargs, ckwargs)]
+        size, stride, offset = layout
+        exact = touched(ix, size, stride, offset, itemsize, values, cargs, ckwargs)
+    hb.resolve(pending, exact)
 
 
 def _metadata(func, args, kwargs):
@@ -233,10 +290,17 @@ def issue_sync(vd, func, args, kwargs, site: Site):
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     info = op_info(func)
     stream = vd.current_stream
-    accesses = [_access(t, write) for _name, t, write in info.operands(args, kwargs)
-                if isinstance(t, DeviceTensor)]
+    ix = indexed(func)
+    operands = info.operands(args, kwargs)
+    accesses = []
+    pending = _operand_accesses(ix, operands, accesses)
     vd.launch(info.name, accesses, site, None)
     vd.sync_stream(stream)
+    if pending is not None:  # the stream ran up to here: the index values are final
+        target = operands[0][1]
+        _resolve(vd.hb, ix, pending, target._layout, target.dtype.itemsize, capture(args),
+                 {k: capture(v) for k, v in kwargs.items()})
+        vd.hb.flush()
     with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
         cargs, ckwargs = materialize(capture(args)), {k: materialize(capture(v)) for k, v in kwargs.items()}
         result = func(*cargs, **ckwargs)

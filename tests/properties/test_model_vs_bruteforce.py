@@ -1,11 +1,15 @@
 """The race detector against a brute-force happens-before computed from first principles.
 
 Hypothesis generates small random traces (streams, events, allocations, launches with
-random byte ranges, host accesses, records, waits, syncs, frees and reuse of the same
-addresses with or without record_stream). `BruteForce` is the specification: it builds
+random byte ranges, strided views and pending (index-dependent) accesses, host accesses,
+records, waits, syncs, frees and reuse of the same addresses with or without
+record_stream). A pending access is issued with a superset and resolved to its exact
+set at a random later point of the trace (or at the end, in a random order): the point
+where a schedule happened to run the op. `BruteForce` is the specification: it builds
 the explicit graph of trace nodes with one edge per CUDA ordering rule of DESIGN.md, takes
-its transitive closure, and calls an access racy when it conflicts with an earlier access
-not ordered before it. It shares no code with hb.py's vector clocks.
+its transitive closure, and calls an access racy when its exact set of bytes conflicts
+with an earlier access not ordered before it. It shares no code with hb.py's vector
+clocks or with regions.py (it enumerates bytes itself).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 from hypothesis import event, example, given, note
 from hypothesis import strategies as st
 
-from pytest_streamorder.model import READ, WRITE, HappensBefore
+from pytest_streamorder.model import READ, WRITE, HappensBefore, Pending
+from pytest_streamorder.model.regions import from_runs, strided
 
 HOST = "host"
 
@@ -24,7 +29,11 @@ HOST = "host"
 # A trace is a list of tuples, valid by construction (no access to freed memory, no live
 # allocations overlapping in memory):
 #   ("alloc", aid, nbytes, address, s)   ("free", aid)      ("record_stream", aid, s)
-#   ("launch", s, [(aid, start, stop, is_write), ...])     ("host", [(aid, ...), ...])
+#   ("launch", s, [access, ...])     ("host", [access, ...])     ("resolve", pid)
+# where an access is a span (aid, start, stop, is_write), a strided view
+# ("view", aid, (size, stride, offset, itemsize), is_write), or a pending access
+# ("pending", aid, superset, exact, is_write, pid): superset a span (start, stop) or a
+# view, exact a frozenset of offsets inside it, known only at ("resolve", pid).
 #   ("record", e, s)   ("wait", s, e)   ("wait_stream", waiter, other)
 #   ("sync_stream", s)   ("sync_event", e)   ("sync_device",)
 # Streams and events are small ints; allocations are ints in allocation order; an
@@ -40,7 +49,50 @@ MAX_SIZE = 12
 # event.synchronize) are the idioms of correct code: likely pairs that the subtle rules
 # (capture at record time, at wait time) then have to get right.
 OPTIONAL_KINDS = ("host", "record", "wait", "wait_stream", "sync_stream", "sync_event",
-                  "sync_device", "record_stream", "realloc", "handoff", "event_sync")
+                  "sync_device", "record_stream", "realloc", "handoff", "event_sync",
+                  "views", "pending", "resolve")
+
+
+def view_bytes(size, stride, offset, itemsize) -> frozenset:
+    """The offsets a strided layout touches, by walking every index."""
+    out = set()
+    if any(n == 0 for n in size):
+        return frozenset()
+    idx = [0] * len(size)
+    while True:
+        e = offset + sum(i * s for i, s in zip(idx, stride))
+        out.update(range(e * itemsize, (e + 1) * itemsize))
+        for k in reversed(range(len(size))):
+            idx[k] += 1
+            if idx[k] < size[k]:
+                break
+            idx[k] = 0
+        else:
+            return frozenset(out)
+
+
+def superset_bytes(superset) -> frozenset:
+    if len(superset) == 2:
+        return frozenset(range(*superset))
+    return view_bytes(*superset)
+
+
+def offsets(acc) -> frozenset:
+    """The offsets (within its allocation) an access of a trace touches in the end."""
+    if acc[0] == "view":
+        return view_bytes(*acc[2])
+    if acc[0] == "pending":
+        return acc[3]
+    return frozenset(range(acc[1], acc[2]))
+
+
+def issued_empty(acc) -> bool:
+    """Zero-size at issue: the detector ignores it (a pending one by its superset)."""
+    if acc[0] == "view":
+        return not view_bytes(*acc[2])
+    if acc[0] == "pending":
+        return not superset_bytes(acc[2])
+    return acc[1] >= acc[2]
 
 
 @st.composite
@@ -63,21 +115,54 @@ def traces(draw):
     for slot in range(n_slots):
         allocate(slot, draw(st.integers(1, MAX_SIZE)), slot * MAX_SIZE)
 
+    use_views, use_pending = "views" in enabled, "pending" in enabled
+    unresolved = []  # pids issued, not resolved yet
+
+    def view_in(nbytes):
+        itemsize = draw(st.sampled_from([1, 2]))
+        n = nbytes // itemsize
+        ndim = draw(st.integers(1, 2))
+        size = tuple(draw(st.integers(0, 4)) for _ in range(ndim))
+        stride = tuple(draw(st.integers(-3, 4)) for _ in range(ndim))
+        lo = sum((k - 1) * s for k, s in zip(size, stride) if s < 0 and k)
+        hi = sum((k - 1) * s for k, s in zip(size, stride) if s > 0 and k)
+        if n == 0 or hi - lo >= n:
+            return None
+        return size, stride, draw(st.integers(-lo, n - 1 - hi)), itemsize
+
     def accesses(min_size):
         out = []
         for _ in range(draw(st.integers(min_size, 3))):
             aid, nbytes, _ = live[draw(st.integers(0, n_slots - 1))]
+            form = draw(st.sampled_from(["span"] + ["view"] * use_views + ["pending"] * use_pending))
+            view = view_in(nbytes) if form != "span" else None
             start = draw(st.integers(0, nbytes))
             stop = draw(st.integers(min(start + 1, nbytes), nbytes))  # zero-size at the end
-            out.append((aid, start, stop, draw(st.booleans())))
+            if form == "view" and view is not None:
+                out.append(("view", aid, view, draw(st.booleans())))
+            elif form == "pending":
+                superset = view if view is not None and draw(st.booleans()) else (start, stop)
+                allowed = sorted(superset_bytes(superset))
+                exact = frozenset(draw(st.lists(st.sampled_from(allowed), max_size=6))) \
+                    if allowed else frozenset()
+                pid = len(pids)
+                pids.append(pid)
+                unresolved.append(pid)
+                out.append(("pending", aid, superset, exact, draw(st.booleans()), pid))
+            else:
+                out.append((aid, start, stop, draw(st.booleans())))
         return out
 
+    pids: list = []
     for _ in range(draw(st.integers(0, 30))):
         kind = draw(kinds)
         if kind == "launch":
             trace.append(("launch", draw(stream), accesses(0)))
         elif kind == "host":
             trace.append(("host", accesses(1)))
+        elif kind == "resolve":
+            if unresolved:
+                trace.append(("resolve", unresolved.pop(draw(st.integers(0, len(unresolved) - 1)))))
         elif kind == "record":
             trace.append(("record", draw(st.integers(0, n_events - 1)), draw(stream)))
         elif kind == "handoff":
@@ -116,6 +201,9 @@ def traces(draw):
             if any(address < a + n and a < address + nbytes for _, n, a in live.values()):
                 address, nbytes = old_address, old_nbytes  # taken: the freed block, whole
             allocate(slot, nbytes, address)
+    # The program ends: every op has run, in any order.
+    for pid in draw(st.permutations(unresolved), label="final resolves"):
+        trace.append(("resolve", pid))
     return n_streams, n_events, trace
 
 
@@ -127,9 +215,23 @@ def run_detector(n_streams, n_events, trace):
     streams = [hb.new_stream(f"s{i}") for i in range(n_streams)]
     events = [hb.new_event(f"e{i}") for i in range(n_events)]
     allocs = {}
+    pending = {}  # pid -> (Pending, its exact offsets)
+
+    def spec(acc):
+        if acc[0] == "view":
+            start, stop, region = strided(*acc[2])
+            return (allocs[acc[1]], start, stop, acc[3]) if region is None else \
+                (allocs[acc[1]], region, acc[3])
+        if acc[0] == "pending":
+            _, aid, superset, exact, w, pid = acc
+            p = Pending(*superset) if len(superset) == 2 else Pending(*strided(*superset))
+            pending[pid] = (p, exact)
+            return (allocs[aid], p, WRITE if w else READ)
+        aid, start, stop, w = acc
+        return (allocs[aid], start, stop, WRITE if w else READ)
 
     def specs(accs):
-        return [(allocs[aid], start, stop, WRITE if w else READ) for aid, start, stop, w in accs]
+        return [spec(acc) for acc in accs]
 
     for step, item in enumerate(trace):
         kind = item[0]
@@ -156,8 +258,13 @@ def run_detector(n_streams, n_events, trace):
             hb.sync_event(events[item[1]])
         elif kind == "sync_device":
             hb.sync_device()
+        elif kind == "resolve":
+            p, exact = pending[item[1]]
+            runs = sorted(exact)
+            hb.resolve(p, from_runs(runs, [b + 1 for b in runs]))
         else:
             raise AssertionError(kind)
+    hb.flush()  # the drain at the end reports what the last resolves found
     return hb
 
 
@@ -169,8 +276,7 @@ class Acc:
     seq: int  # numbered like the detector numbers them: non-empty accesses in issue order
     node: int
     aid: int
-    lo: int  # memory addresses [lo, hi)
-    hi: int
+    addresses: frozenset  # the memory addresses it touches (exact, once resolved)
     write: bool
 
 
@@ -225,11 +331,15 @@ class BruteForce:
         elif kind in ("launch", "host"):
             agent, accs = (item[1], item[2]) if kind == "launch" else (HOST, item[1])
             n = self.node(agent)
-            for aid, start, stop, write in accs:
-                if start < stop:
+            for acc in accs:
+                if not issued_empty(acc):
+                    aid = acc[1] if isinstance(acc[0], str) else acc[0]
                     base = self.block[aid][0]
-                    self.accs.append(Acc(len(self.accs) + 1, n, aid, base + start, base + stop,
-                                         write))
+                    write = acc[-2] if acc[0] == "pending" else acc[-1]
+                    self.accs.append(Acc(len(self.accs) + 1, n, aid,
+                                         frozenset(base + b for b in offsets(acc)), bool(write)))
+        elif kind == "resolve":
+            pass  # when an op ran changes no ordering
         elif kind == "record":
             self.latest[item[1]] = self.node(item[2])
         elif kind == "wait":  # after the event's latest record *now*; none: no edge
@@ -274,12 +384,12 @@ class BruteForce:
     def racy(self, a: Acc, b: Acc) -> bool:
         """b (issued after a) races with a: they share a byte, one writes, nothing orders
         a before b, and (for an older block at the same address) no fence covers the byte."""
-        lo, hi = max(a.lo, b.lo), min(a.hi, b.hi)
-        if lo >= hi or not (a.write or b.write) or self.ordered(a, b):
+        common = a.addresses & b.addresses
+        if not common or not (a.write or b.write) or self.ordered(a, b):
             return False
         if a.aid == b.aid:
             return True
-        return any(not self.fenced(a, b, byte) for byte in range(lo, hi))
+        return any(not self.fenced(a, b, byte) for byte in common)
 
     def racy_accesses(self) -> set[int]:
         return {b.seq for i, b in enumerate(self.accs) if any(self.racy(a, b) for a in self.accs[:i])}
@@ -322,13 +432,22 @@ def test_detector_agrees_with_brute_force(generated):
         assert spec.racy(earlier, later), f"reported pair is not a race: {race!s}"
         for acc, spec_acc in ((race.earlier, earlier), (race.later, later)):
             assert acc.agent.name == agent_name(spec.agent_of[spec_acc.node])
-        # Both byte ranges are reported in the later access's allocation; the earlier one
+        # Both sets are reported in the later access's allocation, exactly; the earlier one
         # (maybe carried over from a freed block) is a piece of the earlier access.
         base = race.alloc.address
-        assert (base + race.later.start, base + race.later.stop) == (later.lo, later.hi)
-        assert earlier.lo <= base + race.earlier.start < base + race.earlier.stop <= earlier.hi
+        assert reported(race.later, base) == later.addresses
+        assert reported(race.earlier, base) <= earlier.addresses
+        assert reported(race.earlier, base) & later.addresses
     event(f"racy accesses: {min(len(flagged), 3)}{'+' if len(flagged) >= 3 else ''}")
+    if any(race.found_at is not None for race in hb.races):
+        event("a race found when a pending access resolved")
     event("frees and reallocates" if any(item[0] == "free" for item in trace) else "no free")
+
+
+def reported(acc, base) -> frozenset:
+    if acc.region is None:
+        return frozenset(range(base + acc.start, base + acc.stop))
+    return frozenset(base + b for a, e in acc.region.runs() for b in range(a, e))
 
 
 def agent_name(agent) -> str:

@@ -335,3 +335,24 @@ def test_no_import_cycle_inside(package):
 
     cyclic = sorted(m for m in mods if reaches(m, m, set()))
     assert cyclic == []
+
+
+def test_host_indexing_of_pinned_memory_is_a_view_and_keys_are_exact():
+    """pinned[i] (basic indexing) reads nothing: it is a view; pinned[key] = v writes
+    only the elements the key names; pinned[idx] (a gather) reads only those."""
+    from pytest_streamorder.model.regions import Box
+    from pytest_streamorder.ops.host import host_access_specs
+
+    pinned = torch.zeros(4, 4, dtype=torch.int64)
+    alloc = object()
+    hits = [(pinned, 0, alloc)]
+    T = torch.Tensor
+    assert host_access_specs(T.__getitem__, hits, pinned[1], (pinned, 1)) == []
+    assert host_access_specs(T.__setitem__, hits, None, (pinned, 1, 5)) == [(alloc, 32, 64, True)]
+    column = host_access_specs(T.__setitem__, hits, None, (pinned, (slice(None), 2), 5))
+    assert column[0][1] == Box(16, 8, ((32, 4),)) and column[0][2] is True
+    rows = torch.tensor([3, 1])
+    got = host_access_specs(T.__getitem__, hits, pinned[rows], (pinned, rows))
+    assert [(a, r.runs(), w) for a, r, w in got] == [(alloc, [(32, 64), (96, 128)], False)]
+    mask = torch.tensor([True, False, False, False])
+    assert host_access_specs(T.__setitem__, hits, None, (pinned, mask, 0)) == [(alloc, 0, 32, True)]
