@@ -19,6 +19,7 @@ from ..errors import NotModelledError
 from ..model import Site
 from ..ops.host import call_name, host_accesses, pinned_operands
 from ..ops.ranges import byte_range, extent
+from . import runtime
 from .issue import Ref, _access, issue, output_layouts
 from .runtime import active_device
 from .streams import VirtualStream
@@ -60,6 +61,16 @@ def _has_device_tensor(args, kwargs) -> bool:
     return any(isinstance(v, DeviceTensor) for v in kwargs.values())
 
 
+def _grad_on_device(args, kwargs) -> bool:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, DeviceTensor) and v.requires_grad:
+            return True
+        if isinstance(v, (list, tuple)) and any(isinstance(x, DeviceTensor) and x.requires_grad
+                                                for x in v):
+            return True
+    return False
+
+
 def _twin(v):
     if isinstance(v, DeviceTensor):
         return Twin(v)
@@ -84,6 +95,10 @@ class FunctionMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         kwargs = kwargs or {}
+        if runtime.guard_missing and _grad_on_device(args, kwargs):
+            # Without the native guard (cuda_guard.py), autograd's C++ would abort here.
+            raise NotModelledError(f"{call_name(func)} on a virtual CUDA tensor that requires grad",
+                                   f"it would abort the process: {runtime.guard_missing}")
         handler = FUNCTION_HANDLERS.get(func)
         if handler is not None:
             return handler(self.vd, func, args, kwargs)
@@ -121,7 +136,8 @@ def _factory(vd, func, args, kwargs):
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     site = Site.here(2)
     if kwargs.get("requires_grad"):
-        raise NotModelledError("autograd (requires_grad=True)")
+        raise NotModelledError("autograd (requires_grad=True)", runtime.guard_missing and
+                               f"it would also abort the process: {runtime.guard_missing}")
     if _has_device_tensor(args, kwargs):
         return func(*args, **dict(kwargs, device=None))  # *_like of a device tensor
     kw = dict(kwargs, device="cpu")

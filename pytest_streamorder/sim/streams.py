@@ -41,6 +41,7 @@ class VirtualStream(torch.Stream):
         self.agent = vd.hb.new_stream(name)
         self.queue = vd.scheduler.new_stream(name)
         self.cuda_stream = self.stream_id
+        vd._streams.add(self)  # its name is freed for reuse when it is gone
 
     @property
     def name(self) -> str:
