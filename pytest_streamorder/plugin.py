@@ -299,14 +299,17 @@ class StreamOrderRun:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item, call):
+        report = yield
         state = self._state
-        if state is not None and call.excinfo is not None and call.when not in state.failed_calls:
+        if state is None:
+            return report
+        # (after yield: unittest's own hook puts a TestCase's failure into call.excinfo)
+        if call.excinfo is not None and call.when not in state.failed_calls:
             if not state.failed_calls and self.settings.trace_dir is not None \
                     and self._examples is None:  # the trace shows the run as it stopped
                 state.trace = self._write_trace(item, state.run, state.policy, state.seed)
             state.failed_calls[call.when] = call
-        report = yield
-        if state is not None and call.when != "teardown" and not report.passed:
+        if call.when != "teardown" and not report.passed:
             state.stop = True  # this schedule decides the test: tear everything down
         return report
 

@@ -62,11 +62,13 @@ def _has_device_tensor(args, kwargs) -> bool:
 
 
 def _grad_on_device(args, kwargs) -> bool:
+    """A CUDA tensor that requires grad among the arguments (a module's parameters moved
+    to the device are plain Parameters with device cuda, not DeviceTensors)."""
+    def hit(x):
+        return isinstance(x, torch.Tensor) and x.requires_grad and x.device.type == "cuda"
+
     for v in (*args, *kwargs.values()):
-        if isinstance(v, DeviceTensor) and v.requires_grad:
-            return True
-        if isinstance(v, (list, tuple)) and any(isinstance(x, DeviceTensor) and x.requires_grad
-                                                for x in v):
+        if hit(v) or (isinstance(v, (list, tuple)) and any(hit(x) for x in v)):
             return True
     return False
 
