@@ -306,8 +306,8 @@ def test_unittest_methods_run_under_the_schedules_with_setupclass_state(pytester
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines([
         "*StreamRaceError: stream-order race on 'buf'*",
-        "FAILED test_relay.py::TestRelay::test_ungated*",
-        "*3 tests checked*"])
+        "*3 tests checked*",
+        "FAILED test_relay.py::TestRelay::test_ungated*"])
 
 
 # --- semantics of no_streamorder, Hypothesis and virtual_device() in a test -------------
