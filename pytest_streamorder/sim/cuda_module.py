@@ -21,7 +21,7 @@ from .streams import VirtualEvent, VirtualStream
 _MISSING = object()
 
 DEVICE_NAME = "Virtual CUDA device (pytest-streamorder)"
-VIRTUAL = "virtual, pytest-streamorder"  # in every virtual GPU's name
+VIRTUAL = "Virtual, pytest-streamorder"  # in every virtual GPU's name
 CUDA_VERSION = "12.4"  # torch.version.cuda while a session runs: a CUDA 12 build's string
 
 

@@ -49,13 +49,13 @@ def test_path():
     props = torch.cuda.get_device_properties(0)
     assert (props.major, props.minor) == (8, 0) == torch.cuda.get_device_capability()
     assert props.multi_processor_count == 108 and props.total_memory == 80 * 2**30
-    assert props.uuid.startswith("GPU-") and "virtual" in torch.cuda.get_device_name()
+    assert props.uuid.startswith("GPU-") and "Virtual" in torch.cuda.get_device_name()
     assert torch.cuda.device_count() == 1 and torch.cuda.current_device() == 0
 """)
     pytester.syspathinsert()
     result = _run(pytester)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["streamorder: virtual GPU NVIDIA A100-SXM4-80GB (virtual, "
+    result.stdout.fnmatch_lines(["streamorder: virtual GPU NVIDIA A100-SXM4-80GB (Virtual, "
                                  "pytest-streamorder) (sm80), torch.version.cuda 12.4*"])
 
 
