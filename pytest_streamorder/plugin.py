@@ -1,6 +1,12 @@
 """The pytest plugin: `pytest --streamorder` runs each test on the virtual CUDA device
 under several adversarial schedules, and fails it on a race report or a stale value.
 
+The virtual CUDA runtime is on for the whole session, from the first conftest.py on
+(early.py). Each schedule runs the test's whole protocol (setup, call, teardown), so
+function-scoped fixtures and setUp/tearDown run once per schedule; broader fixtures
+(and setUpClass) run once, their device and pinned memory restored before each later
+schedule. unittest.TestCase methods are run the same way.
+
 Settings (ini < environment variable < flag < marker) are declared and checked in
 settings.py; this module reads the checked `Settings`, never the environment.
 
@@ -12,16 +18,14 @@ does not turn it into an INTERNALERROR.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib
 import os
-import sys
-import warnings
 
 import pytest
+from _pytest.runner import CallInfo, runtestprotocol
 
 from .backend import active_backend
+from .early import load_initial_conftests, quiet_import as _import, session_runtime
 from .errors import NotModelledError
 from .benchmarking import stream_benchmark  # noqa: F401  (a fixture: pytest-benchmark for stream code)
 from .settings import MIX, NO_MARKER, Settings, add_options, check_markers, marker_help
@@ -33,6 +37,12 @@ _MARKER_VALUES = pytest.StashKey[dict]()
 
 def pytest_addoption(parser):
     add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """Conftest files are imported right after this: the virtual GPU must exist first."""
+    load_initial_conftests(early_config)
 
 
 def pytest_configure(config):
@@ -62,24 +72,6 @@ def pytest_collection_modifyitems(config, items):
     items[:] = good
 
 
-@contextlib.contextmanager
-def _numpy_warning_ignored():
-    """torch's CPU wheel warns "Failed to initialize NumPy" when imported without NumPy,
-    which it does not need; under `-W error` that warning would become an exception.
-    Only this message is ignored, and only while we import."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
-        yield
-
-
-def _import(name: str):
-    """A module that may import torch, imported with its NumPy warning ignored."""
-    if name in sys.modules:
-        return sys.modules[name]
-    with _numpy_warning_ignored():
-        return importlib.import_module(name)
-
-
 class StreamOrderRun:
     """State of one `pytest --streamorder` session."""
 
@@ -92,11 +84,15 @@ class StreamOrderRun:
         # The Schedule a replay token names (its recorded choices, not only the seed); a
         # bad token is a usage error now, not per test.
         self.replay = None if settings.replay is None else _parse_token(settings.replay)
+        self.session = None  # the virtual CUDA runtime (sim/session.py), on the sim backend
         # Picking the backend imports torch: not for a run that only collects.
         self.backend = None if self.collect_only else self._resolve_backend()
         self.tests = self.schedules_run = self.device_ops = self.races = 0  # all tests
         self.calls = 0  # tests that ran, checked or not
         self._ops = self._races = 0  # the test running now
+        self._state = None  # the schedule running now (_Schedule)
+        self._examples = None  # the runs of a Hypothesis test's examples
+        self._snapshot = None  # device memory at the test's start, for later schedules
 
     def _base_seed(self, settings: Settings) -> int:
         seed, cache = settings.seed, getattr(self.config, "cache", None)
@@ -117,7 +113,12 @@ class StreamOrderRun:
             choice = self.replay.backend
             source = self.settings.source("replay")
         torch = _import("torch")  # every backend needs it: import it once, quietly
-        if choice == "sim":
+        self.session = session_runtime(self.config)
+        if self.session is not None:
+            return "sim"  # installed before the conftests (early.py): auto found no GPU
+        if choice == "sim":  # not installed early (a bad replay token, say): install now
+            load_initial_conftests(self.config)
+            self.session = session_runtime(self.config)
             return choice
         gpu = torch.cuda.is_available()
         if choice == "cuda" and not gpu:
@@ -131,22 +132,27 @@ class StreamOrderRun:
             f"seed={s.seed} policy={s.policy} schedules={s.schedules}"
         where = {"sim": "virtual CUDA device", "cuda": "real GPU (cuda backend)"}.get(
             self.backend, f"backend {s.backend}")
-        return f"streamorder: {where}, {what}"
+        lines = [f"streamorder: {where}, {what}"]
+        if self.session is not None:
+            gpu = self.session.gpu
+            lines.append(f"streamorder: virtual GPU {gpu.name} (sm{gpu.major}{gpu.minor}), "
+                         f"torch.version.cuda {_import('torch').version.cuda}, for the whole "
+                         "session")
+        return lines
 
-    def open_device(self, policy: str, seed: int, **kwargs):
-        """A fresh device context for one schedule, on the chosen backend."""
+    def new_run(self, policy: str, seed: int, chooser=None):
+        """One schedule: a Run on the session's virtual device, or a cuda_backend()."""
         if self.backend == "cuda":
-            kwargs.pop("chooser", None)
             return _import("pytest_streamorder.gpu.backend").cuda_backend(
-                seed=seed, max_ops=self.settings.max_ops, **kwargs)
+                seed=seed, max_ops=self.settings.max_ops)
         # The timeline, for a trace file, is recorded as the schedule runs: the trace is
         # of the failing run itself.
-        record = self.settings.trace_dir is not None
-        if self.replay is not None and kwargs.get("chooser") is None:
+        kwargs = {}
+        if self.replay is not None and chooser is None:
             kwargs["replay"] = self.replay  # its recorded choices, not only the seed
-        return _import("pytest_streamorder.sim.device").virtual_device(
-            seed=seed, policy=policy, max_ops=self.settings.max_ops, record_timeline=record,
-            **kwargs)
+        return _import("pytest_streamorder.sim.device").Run(
+            seed=seed, policy=policy, max_ops=self.settings.max_ops, chooser=chooser,
+            record_timeline=self.settings.trace_dir is not None, **kwargs)
 
     def settings_for(self, item) -> Settings:
         """The session's settings with this test's marker values."""
@@ -169,44 +175,192 @@ class StreamOrderRun:
             return ("cuda",)  # one kind of run: real streams, delays injected per seed
         return MIX if settings.policy == "mix" else (settings.policy,)
 
+    # --- one test: its schedules, each a whole setup/call/teardown -------------------
+
     @pytest.hookimpl(tryfirst=True)
-    def pytest_pyfunc_call(self, pyfuncitem):
-        if pyfuncitem.get_closest_marker(NO_MARKER):
+    def pytest_runtest_protocol(self, item, nextitem):
+        if self.backend is None:
             return None
-        funcargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-        self._ops = self._races = 0
-        if getattr(getattr(pyfuncitem.obj, "hypothesis", None), "inner_test", None) is not None:
-            return self._run_hypothesis_test(pyfuncitem, funcargs)
-        plan = self.plan(pyfuncitem)
-        for index, (policy, seed) in enumerate(plan):
-            vd = self.open_device(policy, seed)
-            try:
-                with vd:
-                    pyfuncitem.obj(**funcargs)
-            except BaseException as exc:
-                if isinstance(exc, (pytest.skip.Exception, KeyboardInterrupt)):
-                    raise
-                self._count(vd)
-                token = _replay_argument(self.config, pyfuncitem, vd, self.settings.trace_dir)
-                pyfuncitem.user_properties.append(("streamorder_failed_schedule", token))
-                lines = [f"streamorder: failed on schedule {index + 1} (policy {policy}, seed "
-                         f"{seed}); {len(vd.races)} race(s), {vd.ops_issued} device ops.",
-                         f"replay: pytest --streamorder --streamorder-replay={token} "
-                         f"'{pyfuncitem.nodeid}'"]
-                if self.settings.trace_dir is not None:
-                    lines.append(self._write_trace(pyfuncitem, vd, policy, seed))
-                self._fail(pyfuncitem, exc, "\n".join(lines), index + 1)
-                raise
-            self._count(vd)
-        self._record(pyfuncitem, len(plan))
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        if item.get_closest_marker(NO_MARKER):
+            reports = self._run_unchecked(item, nextitem)
+        else:
+            reports = self._run_schedules(item, nextitem)
+        for report in reports:
+            ihook.pytest_runtest_logreport(report=report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True
 
+    def _run_unchecked(self, item, nextitem) -> list:
+        """@pytest.mark.no_streamorder: the test runs as without the plugin. On the
+        virtual device the session's runtime is suspended meanwhile (torch.cuda is the
+        CPU build's again, and the test may open its own `virtual_device()`)."""
+        session = self.session
+        if session is None:
+            return runtestprotocol(item, log=False, nextitem=nextitem)
+        session.suspend()
+        try:
+            return runtestprotocol(item, log=False, nextitem=nextitem)
+        finally:
+            session.resume()
+
+    def _run_schedules(self, item, nextitem) -> list:
+        plan = self.plan(item)
+        hypothesis = _is_hypothesis_test(item)
+        if hypothesis:
+            plan = plan[:1]  # one protocol run; each example is a schedule (pytest_pyfunc_call)
+        device = self.session.device if self.session is not None else None
+        self._ops = self._races = 0
+        self._examples = None
+        if device is not None:
+            # Work queued outside this test (import time, an earlier test's broader
+            # fixtures) runs now, and the host learns nothing from it (no edge).
+            device.drain_quietly()
+            self._snapshot = device.snapshot()
+        for index, (policy, seed) in enumerate(plan):
+            last = index == len(plan) - 1
+            state = _Schedule(index, policy, seed, self.new_run(policy, seed))
+            if device is not None:
+                if index:
+                    device.restore(self._snapshot)
+                device.start_run(state.run)
+            elif not hypothesis:  # (the cuda backend: one per example)
+                state.run.__enter__()
+            self._state = state
+            try:
+                reports = runtestprotocol(item, log=False,
+                                          nextitem=nextitem if last else _NextItem(item, nextitem, state))
+            finally:
+                self._state = None
+                if device is not None:
+                    device.end_of_test()
+                    device.start_run(self.session.idle_run())
+                elif not hypothesis:
+                    state.run.__exit__(None, None, None)
+            if self._examples is None:
+                self._count(state.run)
+            stop = last or any(not r.passed for r in reports)
+            if stop and not last and not state.stop:
+                reports += self._teardown_rest(item, nextitem)  # teardown failed mid-plan
+            if stop:
+                break
+        schedules = len(self._examples) if self._examples is not None else index + 1
+        self._finish(item, reports, state, schedules)
+        return reports
+
+    def _teardown_rest(self, item, nextitem) -> list:
+        """Tear down what the plan kept for later schedules, when it stops early."""
+        call = CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem),
+                                  when="teardown")
+        return [item.ihook.pytest_runtest_makereport(item=item, call=call)] if call.excinfo else []
+
+    def _finish(self, item, reports, state, schedules: int) -> None:
+        """Say how the test ran, once, on the report that decides it: the first failing
+        one (its exception gets a note with the replay line), else the call's."""
+        failed = next((r for r in reports if r.failed), None)
+        text = ""
+        if failed is not None:
+            call = state.failed_calls.get(failed.when)
+            text = self._failure_text(item, state, failed.when)
+            if call is not None and call.excinfo is not None and hasattr(call.excinfo.value, "add_note"):
+                call.excinfo.value.add_note(text)
+                failed.longrepr = item.repr_failure(call.excinfo) if failed.when == "call" else \
+                    item._repr_failure_py(call.excinfo, style=item.config.getoption("tbstyle", "auto"))
+                text = ""
+        target = failed or next((r for r in reports if r.when == "call"), reports[-1])
+        props = [("streamorder_schedules", schedules), ("streamorder_device_ops", self._ops),
+                 ("streamorder_races", self._races)]
+        if failed is not None:
+            props.insert(0, ("streamorder_failed_schedule", state.token or "hypothesis"))
+        item.user_properties += props
+        target.user_properties = list(target.user_properties) + props
+        counts = f"{schedules} schedule(s), {self._ops} device ops, {self._races} race(s)"
+        target.sections.append((f"Captured streamorder {target.when}",
+                                f"{text}\n{counts}" if text else counts))
+
+    def _failure_text(self, item, state, when: str) -> str:
+        if self._examples is not None:
+            last = self._examples[-1] if self._examples else None
+            return (f"streamorder: failed in a Hypothesis example ({len(self._examples)} run, the "
+                    f"last on policy {getattr(last, 'policy', '?')}); Hypothesis shrank it "
+                    "with its schedule and replays it from its database: run the same "
+                    f"command again, e.g. pytest --streamorder '{item.nodeid}'")
+        run = state.run
+        state.token = _replay_argument(self.config, item, run, self.settings.trace_dir)
+        phase = "" if when == "call" else f" in {when}"
+        lines = [f"streamorder: failed on schedule {state.index + 1} (policy {state.policy}, seed "
+                 f"{state.seed}){phase}; {len(run.races)} race(s), {run.ops_issued} device ops.",
+                 f"replay: pytest --streamorder --streamorder-replay={state.token} "
+                 f"'{item.nodeid}'"]
+        if state.trace:
+            lines.append(state.trace)
+        return "\n".join(lines)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        report = yield
+        state = self._state
+        if state is None:
+            return report
+        # (after yield: unittest's own hook puts a TestCase's failure into call.excinfo)
+        if call.excinfo is not None and call.when not in state.failed_calls:
+            if not state.failed_calls and self.settings.trace_dir is not None \
+                    and self._examples is None:  # the trace shows the run as it stopped
+                state.trace = self._write_trace(item, state.run, state.policy, state.seed)
+            state.failed_calls[call.when] = call
+        if call.when != "teardown" and not report.passed:
+            state.stop = True  # this schedule decides the test: tear everything down
+        return report
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        result = yield
+        state = self._state
+        if state is not None and state.index == 0 and fixturedef.scope != "function" \
+                and self.session is not None:
+            # A broader fixture outlives this schedule: later ones start from its memory
+            # as it is now (its queued work run, without any happens-before edge).
+            device = self.session.device
+            device.drain_quietly()
+            self._snapshot = device.snapshot()
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item, nextitem):
+        """The schedule's queued work runs after the last finalizer, in the schedule."""
+        try:
+            return (yield)
+        finally:
+            state = self._state
+            if state is not None and self.session is not None:
+                if state.failed_calls:  # it failed: its leftovers never run, as on a GPU
+                    self.session.device.discard_queued()  # that stopped at the failure
+                else:
+                    self.session.device.drain_quietly()
+                self._check_replay(state)
+
+    def _check_replay(self, state) -> None:
+        """A replay that ends with recorded choices unused diverged: say so on the
+        failure, or fail the teardown with it."""
+        from .sim.device import _check_replay_finished
+
+        first = next(iter(state.failed_calls.values()), None)
+        _check_replay_finished(state.run.chooser, first.excinfo.value if first else None)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem):
+        if self._state is None or not _is_hypothesis_test(pyfuncitem):
+            return None
+        funcargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+        return self._run_hypothesis_test(pyfuncitem, funcargs)
+
     def _run_hypothesis_test(self, item, funcargs) -> bool:
-        """A @given test: every example gets its own device, and (on the virtual device)
-        its policy and every scheduling choice are drawn from the example's own data, so
-        a failing schedule shrinks with the example and replays from Hypothesis' database.
-        The deadline is lifted while it runs (the virtual device is slower than a GPU,
-        and a timing-dependent deadline would make the test flaky)."""
+        """A @given test: every example is a schedule of its own, and (on the virtual
+        device) its policy and every scheduling choice are drawn from the example's own
+        data, so a failing schedule shrinks with the example and replays from Hypothesis'
+        database. The deadline is lifted while it runs (the virtual device is slower than
+        a GPU, and a timing-dependent deadline would make the test flaky)."""
         from hypothesis import HealthCheck, settings
         from hypothesis.control import current_build_context
 
@@ -216,7 +370,8 @@ class StreamOrderRun:
         inner = handle.inner_test
         ours = self.settings_for(item)
         policies, seed = self.policies(ours), ours.seed
-        examples = []
+        examples = self._examples = []
+        session = self.session
 
         @functools.wraps(inner)  # Hypothesis prints the test's name in "Falsifying example"
         def run_example(*args, **kwargs):
@@ -228,14 +383,26 @@ class StreamOrderRun:
             else:
                 chooser = HypothesisChooser(data)
                 policy = policies[chooser.choose(len(policies))]
-            device = self.open_device(policy, seed, chooser=chooser)
-            device.hypothesis_example = True  # strategies.OverlapRunner may use it
-            examples.append(device)
+            run = self.new_run(policy, seed, chooser=chooser)
+            examples.append(run)
+            if session is None:  # the cuda backend: a backend per example
+                try:
+                    with run:
+                        inner(*args, **kwargs)
+                finally:
+                    self._count(run)
+                return
+            device = session.device
+            device.drain_quietly()  # the last example's or setup's work: no edge
+            run.hypothesis_example = True  # strategies.OverlapRunner runs on it
+            outer = device.start_run(run)
             try:
-                with device:
-                    inner(*args, **kwargs)
+                inner(*args, **kwargs)
+                device.drain_quietly()
             finally:
-                self._count(device)
+                device.end_of_test()
+                device.start_run(outer)
+                self._count(run)
 
         parent = getattr(item.obj, "_hypothesis_internal_use_settings", None) or settings.default
         health = set(parent.suppress_health_check) | {HealthCheck.too_slow,
@@ -245,40 +412,10 @@ class StreamOrderRun:
         handle.inner_test = run_example
         try:
             item.obj(**funcargs)
-        except BaseException as exc:
-            if not isinstance(exc, (pytest.skip.Exception, KeyboardInterrupt)):
-                last = examples[-1] if examples else None
-                item.user_properties.append(("streamorder_failed_schedule", "hypothesis"))
-                self._fail(item, exc, (
-                    f"streamorder: failed in a Hypothesis example ({len(examples)} run, the "
-                    f"last on policy {getattr(last, 'policy', '?')}); Hypothesis shrank it "
-                    "with its schedule and replays it from its database: run the same "
-                    f"command again, e.g. pytest --streamorder '{item.nodeid}'"), len(examples))
-            raise
         finally:
             handle.inner_test = inner
             item.obj._hypothesis_internal_use_settings = parent
-        self._record(item, len(examples))
         return True
-
-    def _fail(self, item, exc: BaseException, text: str, schedules: int) -> None:
-        """Say how a test failed, once: as a note on the exception, printed under the
-        error itself (and in junitxml's message); where exceptions take no notes
-        (Python 3.10), in the report section instead."""
-        if hasattr(exc, "add_note"):
-            exc.add_note(text)
-            text = ""
-        self._record(item, schedules, text)
-
-    def _record(self, item, schedules: int, failure: str = "") -> None:
-        """Per-test numbers, as user properties: junitxml shows them, and under xdist
-        they travel with the report to the controller, which sums them up. And one
-        report section: pytest prints it for a failure, and for a pass under -rP/-rA."""
-        item.user_properties += [("streamorder_schedules", schedules),
-                                 ("streamorder_device_ops", self._ops),
-                                 ("streamorder_races", self._races)]
-        counts = f"{schedules} schedule(s), {self._ops} device ops, {self._races} race(s)"
-        item.add_report_section("call", "streamorder", f"{failure}\n{counts}" if failure else counts)
 
     def _write_trace(self, item, vd, policy: str, seed: int) -> str:
         """The failing schedule's trace files, from the timeline it recorded as it ran;
@@ -299,9 +436,8 @@ class StreamOrderRun:
         self._races += len(vd.races)
 
     def pytest_runtest_logreport(self, report):
-        if report.when != "call":
-            return
-        self.calls += 1
+        if report.when == "call":
+            self.calls += 1
         props = dict(report.user_properties)
         if "streamorder_schedules" in props:
             self.tests += 1
@@ -372,6 +508,38 @@ class StreamOrderHandle:
 def streamorder():
     """Name streams for reports, declare custom kernels, read the schedule and races."""
     return StreamOrderHandle()
+
+
+class _Schedule:
+    """The schedule running now: its run, and what the hooks learned about it."""
+
+    def __init__(self, index: int, policy: str, seed: int, run):
+        self.index, self.policy, self.seed, self.run = index, policy, seed, run
+        self.failed_calls: dict = {}  # phase -> CallInfo of its exception
+        self.stop = False  # setup or call did not pass: no later schedule
+        self.token = None  # the replay argument, once a failure printed it
+        self.trace = ""  # the trace line of the failure, written as it happened
+
+
+class _NextItem:
+    """What a schedule's teardown is told comes next. teardown_exact keeps every node
+    that nextitem descends from: here the test's parents, so that broader fixtures stay
+    for the next schedule, unless this schedule is the last to run (it failed or
+    skipped), when the real next item decides."""
+
+    def __init__(self, item, nextitem, state: _Schedule):
+        self.item, self.nextitem, self.state = item, nextitem, state
+        self.nodeid = item.nodeid
+
+    def listchain(self):
+        if self.state.stop:
+            return self.nextitem.listchain() if self.nextitem is not None else []
+        return self.item.listchain()[:-1] + [self]
+
+
+def _is_hypothesis_test(item) -> bool:
+    obj = getattr(item, "obj", None)
+    return getattr(getattr(obj, "hypothesis", None), "inner_test", None) is not None
 
 
 def _parse_token(token: str):

@@ -26,6 +26,7 @@ import pytest
 MIX = ("random", "delay", "pct", "lazy")
 POLICY_CHOICES = ("eager", "lazy", "random", "pct", "delay", "mix")
 BACKEND_CHOICES = ("auto", "sim", "cuda")
+CAPABILITY_CHOICES = ("sm80", "sm90")
 
 MARKER = "streamorder"
 NO_MARKER = "no_streamorder"
@@ -173,6 +174,9 @@ SETTINGS = (
             "delays), or auto (cuda when a GPU is present, else sim)"),
     Setting("replay", TOKEN, None, "run exactly one schedule again: the token a failure "
             "printed", env=False, ini=False),
+    Setting("capability", choice(CAPABILITY_CHOICES), "sm80",
+            "the GPU the virtual device says it is: sm80 (an A100's identity) or sm90 (an "
+            "H100's)"),
     Setting("trace_dir", DIRECTORY, None, "write a Perfetto trace and an HTML timeline of "
             "each failing schedule into this directory"),
 )

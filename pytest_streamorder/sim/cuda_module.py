@@ -9,6 +9,7 @@ goes through it sees these too. Names a program imported before the context star
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from types import SimpleNamespace
 
 import torch
@@ -25,6 +26,43 @@ _MISSING = object()
 _API = object()  # the key of cuda_api's patches in what install() returns
 
 DEVICE_NAME = "Virtual CUDA device (pytest-streamorder)"
+VIRTUAL = "Virtual, pytest-streamorder"  # in every virtual GPU's name
+CUDA_VERSION = "12.4"  # torch.version.cuda while a session runs: a CUDA 12 build's string
+
+
+@dataclasses.dataclass(frozen=True)
+class VirtualGPU:
+    """What the virtual device says it is: the identity of one real GPU model, with our
+    name appended, so that code choosing kernels by capability or name takes a real
+    GPU's path, and a report never mistakes it for hardware."""
+
+    name: str
+    major: int
+    minor: int
+    total_memory: int
+    multi_processor_count: int
+    uuid: str
+
+    def properties(self) -> SimpleNamespace:
+        """torch.cuda.get_device_properties(): the fields torch's own object has that
+        code reads (L2 cache and warp size as on the real model)."""
+        return SimpleNamespace(
+            name=self.name, major=self.major, minor=self.minor, total_memory=self.total_memory,
+            multi_processor_count=self.multi_processor_count, is_integrated=False,
+            is_multi_gpu_board=False, uuid=self.uuid, warp_size=32,
+            L2_cache_size=(50 if self.major >= 9 else 40) * 2**20,
+            max_threads_per_multi_processor=2048, regs_per_multiprocessor=65536,
+            gcnArchName="NONE", pci_bus_id=0, pci_device_id=0, pci_domain_id=0)
+
+
+# streamorder_capability: which GPU the virtual one is (sm80 by default).
+GPUS = {
+    "sm80": VirtualGPU(f"NVIDIA A100-SXM4-80GB ({VIRTUAL})", 8, 0, 80 * 2**30, 108,
+                       "GPU-5f0e7a9c-0000-4000-8000-000000000080"),
+    "sm90": VirtualGPU(f"NVIDIA H100 80GB HBM3 ({VIRTUAL})", 9, 0, 80 * 2**30, 132,
+                       "GPU-5f0e7a9c-0000-4000-8000-000000000090"),
+}
+DEFAULT_GPU = GPUS["sm80"]
 
 # CUDA APIs refused with a hint of their own. Every other torch.cuda API that is not
 # modelled is refused by the computed net (cuda_net.py); what is modelled is listed in
@@ -97,10 +135,11 @@ def _replacements(vd) -> dict:
     def _sleep(cycles):
         vd.sleep(int(cycles), Site.here(1))
 
+    gpu = getattr(vd, "gpu", DEFAULT_GPU)
+
     def get_device_properties(device=None):
         _device_index(device)
-        return SimpleNamespace(name=DEVICE_NAME, major=9, minor=0, total_memory=80 * 2**30,
-                               multi_processor_count=132, is_integrated=False)
+        return gpu.properties()
 
     def noop():
         # A distinct function per name: torch._dynamo indexes torch.cuda's functions.
@@ -115,11 +154,12 @@ def _replacements(vd) -> dict:
         "init": noop(),
         "device_count": lambda: 1,
         "current_device": lambda: 0,
-        "set_device": _device_index,
-        "get_device_name": lambda device=None: (_device_index(device), DEVICE_NAME)[1],
-        "get_device_capability": lambda device=None: (_device_index(device), (9, 0))[1],
+        "set_device": lambda device: (_device_index(device), None)[1],
+        "get_device_name": lambda device=None: (_device_index(device), gpu.name)[1],
+        "get_device_capability": lambda device=None: (_device_index(device),
+                                                      (gpu.major, gpu.minor))[1],
         "get_device_properties": get_device_properties,
-        "is_bf16_supported": lambda *a, **k: True,
+        "is_bf16_supported": lambda *a, **k: gpu.major >= 8,
         "Stream": VirtualStream,
         "Event": VirtualEvent,
         "stream": stream,

@@ -4,12 +4,19 @@ a CPU-only machine, with every device op queued on its stream until the schedule
 It wires three things together: the happens-before model (finds races when work is
 issued, whatever the schedule), the scheduler (decides when queued work runs, so a
 missing edge also shows up as a stale value), and the caching-allocator model.
+
+A device lives as long as its user wants: one `with virtual_device():` block, or a whole
+`pytest --streamorder` session (sim/session.py). What differs between schedules is a
+`Run` (policy, chooser, scheduler, op counter, races, timeline): the session starts one
+per schedule with `start_run`; streams, memory, pinned buffers and the happens-before
+model stay. Queued work is drained between runs without any happens-before edge.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 
 import torch
 
@@ -25,7 +32,7 @@ from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Sc
 from .cuda_module import install as install_cuda_module, uninstall as uninstall_cuda_module
 from .interception import enter as enter_interception, exit as exit_interception
 from .issue import Ref, _access
-from .memory import CachingAllocator
+from .memory import CachingAllocator, poison_
 from .streams import VirtualStream
 from .runtime import active_device, current, set_active  # noqa: F401  (active_device: re-exported)
 from .tensor import DeviceTensor
@@ -42,13 +49,34 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class VirtualDevice:
-    """One run of a program on the virtual device. Use via `virtual_device(...)`."""
+class RunScheduler(Scheduler):
+    """A run's scheduler. Streams made before the run started are adopted at their first
+    work in it, numbered in order of use (the default stream first), so a schedule's
+    choices never depend on streams that other tests made: a replay of one test in a
+    fresh session makes the same choices."""
 
-    is_virtual = True  # the real-GPU backend says False
+    def adopt(self, queue) -> None:
+        queue.index = len(self.streams)
+        queue.time_ns = 0  # the run's virtual time starts at 0; the queue is empty
+        self.streams.append(queue)
+        self.rule.new_stream(queue)
+
+    def enqueue(self, stream, item) -> None:
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        i = stream.index
+        if i >= len(self.streams) or self.streams[i] is not stream:
+            self.adopt(stream)
+        super().enqueue(stream, item)
+
+
+class Run:
+    """One schedule on a device: what differs from one schedule to the next. Its results
+    (races, ops, the schedule that replays it, the timeline) stay readable after it ends."""
+
+    is_virtual = True
 
     def __init__(self, seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
-                 raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS,
+                 raise_on_race: bool = True, max_ops: int | None = DEFAULT_MAX_OPS,
                  chooser: Chooser | None = None, record_timeline: bool = False):
         if replay is not None:
             if not isinstance(replay, Schedule):
@@ -63,31 +91,73 @@ class VirtualDevice:
         self.policy = policy
         self.raise_on_race = raise_on_race
         self.max_ops = max_ops
-        self.hb = HappensBefore(on_race=self._on_race)
         # Every scheduling decision comes from the chooser: seeded, replayed, or (for
         # Hypothesis, so a failing schedule shrinks) drawn from a test case's data.
         # A replay with choices=None (an old `policy:seed` token) reruns from the seed.
         self.chooser = chooser or (Chooser(seed, replay.choices, replay.options)
                                    if replay is not None and replay.choices is not None
                                    else Chooser(seed))
-        self.scheduler = Scheduler(policy, self.chooser)
+        self.scheduler = RunScheduler(policy, self.chooser)
         if record_timeline:
             self.scheduler.timeline = []
-        self.allocator = CachingAllocator(self)
         self.op_counter = OpCounter(max_ops)
+        self.races: list[Race] = []
+        self.race_times_ns: list[int] = []  # host virtual time when each race was found
+        self.hypothesis_example = False  # strategies.OverlapRunner may run on this run
+
+    @property
+    def ops_issued(self) -> int:
+        return self.op_counter.issued
+
+    @property
+    def schedule(self) -> Schedule:
+        options = getattr(self.chooser, "options", None)  # only our Chooser records them
+        return Schedule(self.policy, self.seed, tuple(self.chooser.choices),
+                        tuple(options) if options is not None else None)
+
+    @property
+    def host_blocked_s(self) -> float:
+        """Virtual time the host spent waiting in syncs."""
+        return self.scheduler.host_blocked_ns / 1e9
+
+
+def _from_run(name: str, doc: str = ""):
+    """A VirtualDevice attribute that is the current run's."""
+    return property(lambda self: getattr(self.run, name),
+                    lambda self, value: setattr(self.run, name, value), doc=doc)
+
+
+class VirtualDevice:
+    """The virtual device: one `virtual_device(...)` block, or a pytest session."""
+
+    is_virtual = True  # the real-GPU backend says False
+
+    def __init__(self, seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
+                 raise_on_race: bool = True, max_ops: int = DEFAULT_MAX_OPS,
+                 chooser: Chooser | None = None, record_timeline: bool = False):
+        self.run = Run(seed=seed, policy=policy, replay=replay, raise_on_race=raise_on_race,
+                       max_ops=max_ops, chooser=chooser, record_timeline=record_timeline)
+        self.hb = HappensBefore(on_race=self._on_race)
+        self.hb.races = self.run.races
+        self.allocator = CachingAllocator(self)
         # Per-op virtual cost: None gives every op the scheduler's DEFAULT_OP_NS; else a
         # callable (op name, accesses) -> ns, e.g. pytest_streamorder.benchmarking.CostModel.
         self.cost_model = None
-        self.race_times_ns: list[int] = []  # host virtual time when each race was found
         self.active = False
+        self.session = False  # True: the device of a `pytest --streamorder` session
         self._handles = itertools.count(0x1000, 0x10)
         self._stream_names: dict[str, int] = {"default": 1}
+        self._streams = weakref.WeakSet()  # streams made on this device, while alive
+        self._reserved_names: set[str] = set()  # names no later run may give a new stream
         # Pinned host storages; an entry goes (and the model frees it) with its storage.
         self._pinned = PinnedRegistry(on_free=self._unpin)
+        self._pinned_storages: dict[int, tuple] = {}  # address -> (weakref to storage, alloc)
+        self._blocks: dict[int, tuple] = {}  # id(block) -> (block, alloc) of its latest allocation
         self.default_stream = VirtualStream(_vd=self, _name="default")
         self._thread = threading.local()  # .stream: the calling thread's current stream
         self._patches = None
         self._modes = None
+        self._used = False
 
     @property
     def current_stream(self) -> VirtualStream:
@@ -102,38 +172,145 @@ class VirtualDevice:
 
     # --- results ------------------------------------------------------------------
 
+    seed = _from_run("seed")
+    policy = _from_run("policy")
+    chooser = _from_run("chooser")
+    scheduler = _from_run("scheduler")
+    op_counter = _from_run("op_counter")
+    raise_on_race = _from_run("raise_on_race")
+    max_ops = _from_run("max_ops")
+    race_times_ns = _from_run("race_times_ns")
+    hypothesis_example = _from_run("hypothesis_example")
+
     @property
     def ops_issued(self) -> int:
-        return self.op_counter.issued
+        return self.run.ops_issued
 
     @property
     def races(self) -> list[Race]:
-        return self.hb.races
+        """The current run's races (a session: this schedule's)."""
+        return self.run.races
 
     @property
     def schedule(self) -> Schedule:
-        options = getattr(self.chooser, "options", None)  # only our Chooser records them
-        return Schedule(self.policy, self.seed, tuple(self.chooser.choices),
-                        tuple(options) if options is not None else None)
+        return self.run.schedule
 
     @property
     def host_blocked_s(self) -> float:
         """Virtual time the host spent waiting in syncs."""
-        return self.scheduler.host_blocked_ns / 1e9
+        return self.run.host_blocked_s
 
     def _on_race(self, race: Race) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        self.race_times_ns.append(self.scheduler.host_time_ns)
-        if self.raise_on_race:
+        self.run.race_times_ns.append(self.scheduler.host_time_ns)
+        if self.run.raise_on_race:
             raise StreamRaceError(race)
+
+    # --- runs (schedules) -----------------------------------------------------------
+
+    def start_run(self, run: Run) -> Run:
+        """Make `run` the current one; returns the run it replaces. The queues must be
+        empty (`drain_quietly()` first). Each run names its streams afresh, so a
+        schedule's streams keep the names their code gives them."""
+        previous = self.run
+        self.run = run
+        self.hb.races = run.races
+        run.scheduler.adopt(self.default_stream.queue)  # index 0, as on a fresh device
+        # Names of streams made in earlier runs are free again (their work is done), but
+        # not those of streams the memory snapshot saw (broader fixtures, import time).
+        self.hb._stream_names = set(self._reserved_names) | {"default"}
+        self._stream_names = {}
+        return previous
+
+    def queued(self) -> bool:
+        return any(s.queue for s in self.scheduler.streams)
+
+    def drain_quietly(self) -> None:
+        """Run every queued item now, with NO happens-before edge (the host learns
+        nothing): between schedules and tests, and to snapshot memory. If queued work
+        fails, the rest is dropped (its event marks count as done) and the error raised."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        try:
+            self.scheduler.drain_all()
+        except BaseException:
+            self.discard_queued()
+            raise
+
+    def discard_queued(self) -> None:
+        """Drop queued work without running it (after a failure): nothing waits on it."""
+        for stream in self.scheduler.streams:
+            while stream.queue:
+                item = stream.queue.popleft()
+                item.done = True
+                if item.done_mark is not None:
+                    item.done_mark.done = True
+
+    def end_of_test(self) -> None:
+        """A test's schedule ended: every stream's work counts as done for later ones, so
+        a later schedule or test never fails for this one's leftovers."""
+        self.discard_queued()
+        self.hb.sync_device()
+        # And in virtual time: the next run's clock starts again at 0, so nothing of this
+        # one may still look in flight (a stream's last item, a block's reuse fence).
+        for stream in list(self._streams) + [self.default_stream]:
+            stream.queue.last = None
+        self.allocator.forget_pending()
+        host = getattr(self, "_host_allocator", None)
+        if host is not None:
+            host.forget_pending()
+
+    def snapshot(self) -> "MemorySnapshot":
+        """The bytes of every live device allocation and registered pinned buffer now
+        (queued work is not run: drain first)."""
+        device = [(block, alloc, block.data.clone()) for block, alloc in self._blocks.values()
+                  if not alloc.freed]
+        self._reserved_names = {s.agent.name for s in self._streams}
+        pinned = []
+        with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+            for key, (ref, alloc) in list(self._pinned_storages.items()):
+                storage = ref()
+                if storage is None:
+                    del self._pinned_storages[key]
+                else:
+                    pinned.append((ref, alloc, _storage_bytes(storage).clone()))
+        return MemorySnapshot(device, pinned)
+
+    def restore(self, snap: "MemorySnapshot") -> None:
+        """Put back what `snapshot()` saw, for allocations still alive; fresh memory
+        (free blocks in the pools) becomes poison again, as after a fresh start."""
+        with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+            for block, alloc, data in snap.device:
+                if not alloc.freed and self._blocks.get(id(block), (None, None))[1] is alloc:
+                    block.data.copy_(data)
+            for ref, alloc, data in snap.pinned:
+                storage = ref()
+                if storage is not None:
+                    _storage_bytes(storage).copy_(data)
+            for block, alloc in self._blocks.values():
+                if alloc.freed:
+                    poison_(block.data)
 
     # --- context ------------------------------------------------------------------
 
     def __enter__(self) -> "VirtualDevice":
-        if current() is not None:
+        running = current()
+        if running is not None and running.session:
+            raise RuntimeError(
+                "virtual_device() inside a test under pytest --streamorder: the session's "
+                "virtual device is already active and runs this test (read its schedule and "
+                "races through the `streamorder` fixture), or mark the test "
+                "@pytest.mark.no_streamorder to open a device of its own")
+        if running is not None:
             raise RuntimeError("virtual_device() is already active: nesting is not supported")
-        if self.active or self._patches is not None:
+        if self.active or self._used:
             raise RuntimeError("a VirtualDevice runs once; create a new one")
+        self._used = True
+        self.attach()
+        return self
+
+    def attach(self) -> None:
+        """Become the device torch.cuda and device ops go to (a session attaches once, and
+        again after a no_streamorder test suspended it)."""
         activate(self)  # one backend at a time, either kind
         set_active(self)
         self.active = True
@@ -143,7 +320,6 @@ class VirtualDevice:
         except BaseException:
             self._teardown()
             raise
-        return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -160,11 +336,15 @@ class VirtualDevice:
             if self._modes is not None:
                 exit_interception(self._modes)
         finally:
+            self._modes = None
             if self._patches is not None:
                 uninstall_cuda_module(self._patches)
+            self._patches = None
             self.active = False
             set_active(None)
             deactivate(self)
+
+    detach = _teardown  # torch.cuda and the modes as they were; the device keeps its state
 
     def check_active(self, what: str) -> None:
         if not self.active:
@@ -177,8 +357,13 @@ class VirtualDevice:
 
     def unique_stream_name(self, base: str) -> str:
         n = self._stream_names.get(base, 0)
-        self._stream_names[base] = n + 1
-        return base if n == 0 else f"{base}#{n + 1}"
+        while True:
+            n += 1
+            name = base if n == 1 else f"{base}#{n}"
+            if name not in self.hb._stream_names:  # a live stream's name is taken
+                break
+        self._stream_names[base] = n
+        return name
 
     @locked
     def name_stream(self, stream: VirtualStream, name: str) -> None:
@@ -223,6 +408,8 @@ class VirtualDevice:
         """Fresh device memory (from the current stream's pool) laid out as given."""
         nbytes = extent(size, stride, offset, dtype.itemsize)[1]
         storage = self.allocator.allocate(nbytes, label or TensorLabel(op, dtype, size, site), site)
+        if storage.nbytes:
+            self._blocks[id(storage.block)] = (storage.block, storage.alloc)
         return DeviceTensor(storage, size, stride, offset, dtype)
 
     @locked
@@ -249,6 +436,7 @@ class VirtualDevice:
         alloc = self.hb.allocate(storage.nbytes(), TensorLabel("pinned", t.dtype, tuple(t.shape), site),
                                  site, space="host")
         self._pinned.add(t, alloc)
+        self._pinned_storages[storage.data_ptr()] = (weakref.ref(storage), alloc)
         return t
 
     @locked
@@ -270,6 +458,27 @@ class VirtualDevice:
     def host_read(self, t: torch.Tensor, op: str, site: Site) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.host_access(t, False, op, site)
+
+
+class MemorySnapshot:
+    """Bytes of device allocations and pinned buffers at one moment (VirtualDevice.snapshot)."""
+
+    __slots__ = ("device", "pinned")
+
+    def __init__(self, device: list, pinned: list):
+        self.device = device  # [(block, alloc, bytes)]
+        self.pinned = pinned  # [(weakref to storage, alloc, bytes)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(d.numel() for _, _, d in self.device) + sum(d.numel() for _, _, d in self.pinned)
+
+
+def _storage_bytes(storage) -> torch.Tensor:
+    """A host storage's bytes as a uint8 tensor (no dispatch mode may see this)."""
+    t = torch.empty(0, dtype=torch.uint8)
+    t.set_(storage, 0, (storage.nbytes(),), (1,))
+    return t
 
 
 def _check_replay_finished(chooser, exc: BaseException | None) -> None:

@@ -20,6 +20,7 @@ from ..host_threads import RUNTIME_LOCK
 from ..model import Site
 from ..ops.host import call_name, host_access_specs, pinned_operands
 from ..ops.ranges import extent, tensor_access
+from . import runtime
 from .issue import Ref, _access, issue, output_layouts
 from . import threads
 from .generators import check_generator_arg, cuda_generator_arg
@@ -67,6 +68,18 @@ def _has_device_tensor(args, kwargs) -> bool:
     return any(isinstance(v, DeviceTensor) for v in kwargs.values())
 
 
+def _grad_on_device(args, kwargs) -> bool:
+    """A CUDA tensor that requires grad among the arguments (a module's parameters moved
+    to the device are plain Parameters with device cuda, not DeviceTensors)."""
+    def hit(x):
+        return isinstance(x, torch.Tensor) and x.requires_grad and x.device.type == "cuda"
+
+    for v in (*args, *kwargs.values()):
+        if hit(v) or (isinstance(v, (list, tuple)) and any(hit(x) for x in v)):
+            return True
+    return False
+
+
 def _twin(v):
     if isinstance(v, DeviceTensor):
         return Twin(v)
@@ -100,6 +113,10 @@ class FunctionMode(TorchFunctionMode):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         kwargs = kwargs or {}
         vd = self.vd
+        if runtime.guard_missing and _grad_on_device(args, kwargs):
+            # Without the native guard (cuda_guard.py), autograd's C++ would abort here.
+            raise NotModelledError(f"{call_name(func)} on a virtual CUDA tensor that requires grad",
+                                   f"it would abort the process: {runtime.guard_missing}")
         # Device work holds the runtime lock (host_threads.py); host-only calls do not,
         # so threads computing on the host never wait for each other here.
         handler = FUNCTION_HANDLERS.get(func)
@@ -163,7 +180,8 @@ def _factory(vd, func, args, kwargs):
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     site = Site.here(2)
     if kwargs.get("requires_grad"):
-        raise NotModelledError("autograd (requires_grad=True)")
+        raise NotModelledError("autograd (requires_grad=True)", runtime.guard_missing and
+                               f"it would also abort the process: {runtime.guard_missing}")
     if _has_device_tensor(args, kwargs):
         return func(*args, **dict(kwargs, device=None))  # *_like of a device tensor
     kw = dict(kwargs, device="cpu")

@@ -126,6 +126,12 @@ class CachingAllocator:
         block.pending = [s.queue.last for s in recorded if s.queue.last is not None]
         self._pools.setdefault((id(block.stream), block.nbytes), []).append(block)
 
+    def forget_pending(self) -> None:
+        """The device was synced (between tests): no cached block waits for any work."""
+        for pool in self._pools.values():
+            for block in pool:
+                block.pending = []
+
     def release_cached(self) -> None:
         """torch.cuda.empty_cache: give back the cached blocks no queued work still holds
         (CUDA waits for record_stream'd blocks' events first; here they stay cached)."""

@@ -107,6 +107,11 @@ class PinnedHostAllocator:
             return None
         return self._live.get(ptr)
 
+    def forget_pending(self) -> None:
+        """The device was synced (between tests): no freed block waits for a copy."""
+        for block in [b for pool in self._free.values() for b in pool] + list(self._live.values()):
+            block.pending = []
+
     def empty_cache(self) -> None:
         """torch._C._host_emptyCache: drop freed blocks no copy still uses."""
         for size, pool in self._free.items():

@@ -23,3 +23,14 @@ def current():
 def set_active(vd) -> None:
     global _active
     _active = vd
+
+
+# Why the native CUDA device guard (cuda_guard.py) is missing in this process: "" when it
+# is in place or was never needed. A session sets it; interception refuses, by name and
+# with this reason, the paths whose C++ would otherwise abort the process.
+guard_missing = ""
+
+
+def set_guard_missing(reason: str) -> None:
+    global guard_missing
+    guard_missing = reason

@@ -49,6 +49,7 @@ class VirtualStream(torch.Stream):
         self.queue = vd.scheduler.new_stream(name)
         self.cuda_stream = self.stream_id
         self._prev: dict[int, list] = {}  # thread id -> current streams `with self:` replaced
+        vd._streams.add(self)  # its name is freed for reuse when it is gone
 
     @property
     def name(self) -> str:

@@ -267,10 +267,10 @@ seen = set()
 @given(st.integers(0, 3))
 def test_each_example_has_its_own_device(n):
     import pytest_streamorder.sim.device as dev
-    vd = dev._active
+    vd = dev._active  # the session's device: each example is a run (schedule) of its own
     assert vd is not None and vd.hypothesis_example
     assert isinstance(vd.chooser, HypothesisChooser)
-    seen.add(id(vd))
+    seen.add(id(vd.run))
     torch.ones(2, device="cuda").add_(n).tolist()
 
 def test_after():

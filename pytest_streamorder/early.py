@@ -1,0 +1,124 @@
+"""What the plugin does before the first conftest.py is imported: read whether
+--streamorder is on (flag, environment, ini) and, on the virtual device, install the
+session's virtual CUDA runtime (sim/session.py), so that import-time checks in conftest.py
+and test modules see a CUDA GPU.
+
+Imports no torch unless --streamorder is on. Under --collect-only the runtime is
+installed when something first imports torch (collection must see the virtual GPU, and
+a collection that imports no torch must not import it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import warnings
+
+import pytest
+
+from .settings import Settings
+
+# The session runtime of a config (each pytester run in-process has its own config).
+SESSION_KEY = pytest.StashKey[object]()
+EARLY = ("streamorder", "replay", "backend", "capability", "max_ops")
+
+
+@contextlib.contextmanager
+def numpy_warning_ignored():
+    """torch's CPU wheel warns "Failed to initialize NumPy" when imported without NumPy,
+    which it does not need; under `-W error` that warning would become an exception.
+    Only this message is ignored, and only while we import."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+        yield
+
+
+def quiet_import(name: str):
+    """A module that may import torch, imported with its NumPy warning ignored."""
+    if name in sys.modules:
+        return sys.modules[name]
+    with numpy_warning_ignored():
+        return importlib.import_module(name)
+
+
+class _EarlyConfig:
+    """The config as settings.read needs it, before the command line is fully parsed."""
+
+    def __init__(self, config):
+        self._config = config
+
+    def getoption(self, dest, default=None):
+        return getattr(self._config.known_args_namespace, dest, default)
+
+    def __getattr__(self, name):
+        return getattr(self._config, name)
+
+
+def load_initial_conftests(early_config) -> None:
+    settings = Settings.from_config(_EarlyConfig(early_config), EARLY)
+    if not settings.streamorder and settings.replay is None:
+        return
+    if _replay_backend(settings) == "cuda" or settings.backend == "cuda":
+        return  # the real GPU: nothing virtual (the cuda backend checks for a GPU later)
+    if getattr(early_config.known_args_namespace, "collectonly", False):
+        _after_torch_import(lambda: _install(early_config, settings))
+    else:
+        _install(early_config, settings)
+
+
+def _replay_backend(settings) -> str | None:
+    if settings.replay is None:
+        return None
+    from .scheduling import ReplayTokenError, parse_replay
+
+    try:
+        return parse_replay(settings.replay).backend
+    except ReplayTokenError:
+        return None  # pytest_configure reports the bad token
+
+
+def _install(config, settings) -> None:
+    torch = quiet_import("torch")
+    if settings.backend == "auto" and torch.cuda.is_available():
+        return  # a real GPU: the cuda backend
+    session = quiet_import("pytest_streamorder.sim.session")
+    runtime = session.SessionRuntime(settings.capability, max_ops=settings.max_ops).install()
+    config.stash[SESSION_KEY] = runtime
+    config.add_cleanup(runtime.uninstall)
+
+
+def session_runtime(config):
+    """The session's virtual CUDA runtime, or None (no --streamorder, a GPU, not yet)."""
+    return config.stash.get(SESSION_KEY, None)
+
+
+def _after_torch_import(callback) -> None:
+    """Call `callback()` right after the first `import torch` completes (now, if torch
+    was imported already)."""
+    if "torch" in sys.modules:
+        callback()
+    else:
+        sys.meta_path.insert(0, _AfterTorch(callback))
+
+
+class _AfterTorch(importlib.abc.MetaPathFinder):
+    def __init__(self, callback):
+        self.callback = callback
+
+    def find_spec(self, name, path, target=None):
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            exec_module, callback = spec.loader.exec_module, self.callback
+
+            def exec_then_install(module):
+                exec_module(module)
+                callback()
+
+            spec.loader.exec_module = exec_then_install
+        return spec
