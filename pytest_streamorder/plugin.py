@@ -26,7 +26,7 @@ from _pytest.runner import CallInfo, runtestprotocol
 
 from .backend import active_backend
 from .early import load_initial_conftests, quiet_import as _import, session_runtime
-from .errors import NotModelledError
+from .errors import NotModelledError, StreamRaceError
 from .benchmarking import stream_benchmark  # noqa: F401  (a fixture: pytest-benchmark for stream code)
 from .settings import MIX, NO_MARKER, Settings, add_options, check_markers, marker_help
 
@@ -334,11 +334,28 @@ class StreamOrderRun:
         finally:
             state = self._state
             if state is not None and self.session is not None:
-                if state.failed_calls:  # it failed: its leftovers never run, as on a GPU
-                    self.session.device.discard_queued()  # that stopped at the failure
+                if state.failed_calls:  # it failed: say which race the failure came from
+                    self._races_behind_failure(state)
                 else:
                     self.session.device.drain_quietly()
                 self._check_replay(state)
+
+    def _races_behind_failure(self, state) -> None:
+        """A failure that is not a race report (a stale value in the test's own assert)
+        may come from a race the model finds only once the late work runs (its index
+        values were not known): run the leftovers without raising, and name those races
+        on the failure, so a person sees the missing edge, not only the wrong value."""
+        first = next(iter(state.failed_calls.values()))
+        error = first.excinfo.value
+        found = self.session.device.races_after_failure()
+        if not found or isinstance(error, StreamRaceError) or not hasattr(error, "add_note"):
+            return
+        shown = found[:3]
+        more = f" ({len(found) - len(shown)} more)" if len(found) > len(shown) else ""
+        error.add_note(f"streamorder: this schedule's queued work, run after the failure, "
+                       f"shows {len(found)} race(s) behind it{more}:")
+        for race in shown:
+            error.add_note(f"StreamRaceError: {race}")
 
     def _check_replay(self, state) -> None:
         """A replay that ends with recorded choices unused diverged: say so on the

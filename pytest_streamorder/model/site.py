@@ -16,12 +16,16 @@ def _internal_prefixes() -> tuple[str, ...]:
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     # weakref.py: where a finalizer (our "free" event) runs, not where the user was.
     prefixes = [ours, os.path.abspath(weakref.__file__)]
-    # torch's, the test runner's and Hypothesis' (a @given test runs inside it) frames are
-    # machinery too, when they are loaded.
-    for name in ("torch", "pluggy", "_pytest", "hypothesis"):
+    # torch's, the test runners' (pytest, unittest), Hypothesis' (a @given test runs
+    # inside it) and the thread machinery's frames are machinery too, when loaded.
+    for name in ("torch", "pluggy", "_pytest", "hypothesis", "unittest", "threading",
+                 "concurrent"):
         module = sys.modules.get(name)
-        if module is not None and getattr(module, "__file__", None):
-            prefixes.append(os.path.dirname(os.path.abspath(module.__file__)) + os.sep)
+        path = getattr(module, "__file__", None)
+        if path:
+            path = os.path.abspath(path)
+            # a package: everything in its folder; a module: its one file
+            prefixes.append(os.path.dirname(path) + os.sep if hasattr(module, "__path__") else path)
     return tuple(prefixes)
 
 

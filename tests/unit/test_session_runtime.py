@@ -431,3 +431,39 @@ def test_forward():
     assert "terminate called" not in result.stderr.str()
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
     result.stdout.fnmatch_lines(["*1 tests checked*"])
+
+
+# --- a stale value whose race resolves only later --------------------------------------
+
+STALE_FIRST = """
+import torch
+
+def test_ungated_indexed_publish():
+    fwd, d2h = torch.cuda.Stream(), torch.cuda.Stream()
+    buf = torch.zeros(8, dtype=torch.int64, device="cuda")
+    slots = torch.tensor([2, 3], device="cuda")
+    host = torch.empty(8, dtype=torch.int64, pin_memory=True)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(fwd):
+        buf[slots] = 7                    # index_put_: its elements are known when it runs
+    with torch.cuda.stream(d2h):          # missing: d2h.wait_stream(fwd)
+        host.copy_(buf, non_blocking=True)
+    d2h.synchronize()
+    assert host[2:4].tolist() == [7, 7]
+"""
+
+
+def test_a_stale_value_failure_names_the_race_found_when_the_late_work_runs(pytester):
+    """Under lazy, the D2H runs and the host reads a stale value before the late
+    index_put_ ran, so its exact elements (and the race) are not known when the assert
+    fails: the plugin runs the leftover work and names the race on the failure."""
+    pytester.makepyfile(test_stale=STALE_FIRST)
+    result = _run(pytester, "--streamorder-policy=lazy", "--streamorder-schedules=1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*assert ?0, 0? == ?7, 7?*",
+        "*queued work, run after the failure, shows 1 race(s) behind it*",
+        "*StreamRaceError: stream-order race on 'buf'*",
+        "*missing edge: stream 'd2h' read this before waiting for any event recorded on 'fwd'*",
+        "*replay: pytest --streamorder --streamorder-replay=v1.lazy.s0*",
+    ])
