@@ -236,7 +236,7 @@ class StreamOrderRun:
                 if device is not None:
                     device.end_of_test()
                     device.start_run(self.session.idle_run())
-                elif not hypothesis:
+                elif not hypothesis and state.run.active:  # teardown did not end it
                     state.run.__exit__(None, None, None)
             if self._examples is None:
                 self._count(state.run)
@@ -335,19 +335,33 @@ class StreamOrderRun:
             state = self._state
             if state is not None and self.session is not None:
                 if state.failed_calls:  # it failed: say which race the failure came from
-                    self._races_behind_failure(state)
+                    self._note_races(state, self.session.device.races_after_failure())
                 else:
                     self.session.device.drain_quietly()
                 self._check_replay(state)
+            elif state is not None and getattr(state.run, "active", False):
+                self._end_cuda_run(state)
 
-    def _races_behind_failure(self, state) -> None:
+    def _end_cuda_run(self, state) -> None:
+        """The real-GPU run ends inside the teardown phase: its final sync resolves the
+        index values still staged, and a race found then fails the teardown (or, after a
+        failure, is named on it) instead of escaping the test as an internal error."""
+        run = state.run
+        if not state.failed_calls:
+            run.__exit__(None, None, None)
+            return
+        before = len(run.races)
+        run.raise_on_race = False
+        run.__exit__(None, None, None)
+        self._note_races(state, run.races[before:])
+
+    def _note_races(self, state, found: list) -> None:
         """A failure that is not a race report (a stale value in the test's own assert)
         may come from a race the model finds only once the late work runs (its index
-        values were not known): run the leftovers without raising, and name those races
-        on the failure, so a person sees the missing edge, not only the wrong value."""
+        values were not known): name those races on the failure, so a person sees the
+        missing edge, not only the wrong value."""
         first = next(iter(state.failed_calls.values()))
         error = first.excinfo.value
-        found = self.session.device.races_after_failure()
         if not found or isinstance(error, StreamRaceError) or not hasattr(error, "add_note"):
             return
         shown = found[:3]

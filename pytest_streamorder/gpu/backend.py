@@ -179,6 +179,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             self._cycles_per_ms = cycles_per_ms()
         torch.cuda.synchronize()  # a clean slate: no earlier work is still queued
         self._ring = process_ring()  # registered once per process, outside torch's allocators
+        self._ring.staged = self._ring.unknown = 0  # counted per run, readable after it
         activate(self)
         _active = self
         self.active = True

@@ -93,7 +93,7 @@ def test_gc_stress_with_pinned_tensors_modes_and_callbacks():
     two streams, gc.collect() in between, the backend's modes and trace callbacks on."""
     side = torch.cuda.Stream()
     with _backend(seed=3, delay_probability=0.5, fire_probability=0.5, delay_ms=0.05) as be:
-        dev = torch.zeros(256, device="cuda")
+        dev = torch.zeros(320, device="cuda")  # the largest n below
         done = torch.cuda.Event()
         total = 0.0
         for i in range(400):
