@@ -128,3 +128,6 @@ class TorchPatches:
             return capture_begin
 
         self._patch(torch.cuda.graphs.CUDAGraph, "capture_begin", capture_begin)
+        # `with torch.cuda.graph(g):` switches to its capture stream before capture_begin:
+        # refuse on entry, so the refusal leaves the current stream as it was.
+        self._patch(torch.cuda.graphs.graph, "__enter__", capture_begin)
