@@ -71,8 +71,8 @@ class NotModelledError(StreamOrderError, NotImplementedError):
 
     A NotImplementedError, so `pytest.raises(NotImplementedError)` still matches."""
 
-    def __init__(self, api: str, hint: str = ""):
-        message = f"{api} is not modelled by the virtual device"
+    def __init__(self, api: str, hint: str = "", by: str = "the virtual device"):
+        message = f"{api} is not modelled by {by}"
         super().__init__(f"{message}: {hint}" if hint else message)
         self.api = api
 

@@ -40,6 +40,8 @@ SUITES = ("pytorch_style", "sglang_style")
 TIMEOUT_S = 900  # for one file's process; a hang is reported as a crash
 
 _REFUSAL = re.compile(r"([^\s'\"]+(?:\([^)]*\))?)\s+is not modelled")
+# Our named error gives the whole API phrase (it may hold spaces) after its class name.
+_NAMED_REFUSAL = re.compile(r"NotModelledError: (.+?) is not modelled")
 
 
 def load_manifest(suite: str) -> dict[str, str]:
@@ -86,7 +88,7 @@ def classify(failure_texts: list[tuple[str, str]]) -> str:
     everything = "\n".join(m + "\n" + b for m, b in failure_texts)
     if "StreamRaceError" in everything:
         return "race"
-    refusal = _REFUSAL.search(everything)
+    refusal = _NAMED_REFUSAL.search(everything) or _REFUSAL.search(everything)
     if refusal:
         return f"refused: {refusal.group(1)}"
     message, body = failure_texts[0]

@@ -123,8 +123,9 @@ class TorchPatches:
                 # Captured kernels do not run at capture, and a replay issues them again
                 # unseen: the detector would see work where there is none (a false alarm
                 # on correct code) and miss the replays. Refused by name until modelled.
-                raise NotModelledError("CUDA graph capture (torch.cuda.CUDAGraph) on the "
-                                       "real-GPU backend")
+                raise NotModelledError("torch.cuda.CUDAGraph capture", "captured kernels "
+                                       "would look like work that never ran",
+                                       by="pytest-streamorder's real-GPU backend")
             return capture_begin
 
         self._patch(torch.cuda.graphs.CUDAGraph, "capture_begin", capture_begin)
