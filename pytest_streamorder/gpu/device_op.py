@@ -123,12 +123,23 @@ class DeviceOps:
             return out  # _unsafe_view, unsafe_split: views in all but the schema
 
         self.op_counter.count(info.name)
+        # Trace events the op itself caused (a stream sync, an event) are applied around
+        # its launch in the model. A syncing op (item, nonzero, a blocking or pageable
+        # copy) syncs after its kernel: the host then knows the op's work. Any other op
+        # syncs only to stage an operand (a Python scalar or a pageable tensor copied to
+        # the device before the kernel, as `buf[idx] = 7` does): the host learns nothing
+        # of the kernel, so those events come first. (After it, the sync would order the
+        # kernel before everything the host issues next: a missed race.)
+        if not sync_after:
+            for fn, fargs in pending:
+                fn(*fargs)
         self.hb.launch(agent, info.name, accesses, site)
         if index_access is not None:
             self._stage_indices(ix, index_access, agent, args, kwargs,
                                 synced=sync_after or self._synced_in_op)
-        for fn, fargs in pending:
-            fn(*fargs)
+        if sync_after:
+            for fn, fargs in pending:
+                fn(*fargs)
         if sync_after:
             self.hb.sync_stream(agent)
         if sync_after or self._synced_in_op:

@@ -82,6 +82,22 @@ def even_odd(shared: bool = False):
     return buf.tolist()
 
 
+def scalar_assignment(shared: bool = False):
+    """`buf[idx] = 7` from two streams, each indexing with a tensor made on its stream:
+    on CUDA the Python scalar is copied to the device (and the stream synced) inside
+    index_put_, before its kernel; that sync must not order the other stream's write."""
+    buf = torch.zeros(8, dtype=I64, device="cuda")
+    torch.cuda.synchronize()
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+    for stream, slots, value in ((s1, [0, 2, 4, 6], 1), (s2, [1, 3, 5, 6 if shared else 7], 2)):
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            buf[torch.tensor(slots, device="cuda")] = value
+    torch.cuda.current_stream().wait_stream(s1)
+    torch.cuda.current_stream().wait_stream(s2)
+    return buf.tolist()
+
+
 def column_halves(overlap: int = 0):
     """Two streams write x[:, :8] and x[:, 8 - overlap:] of a (4, 16) buffer."""
     x = torch.zeros(4, 16, device="cuda")
@@ -136,6 +152,7 @@ CORRECT = [
     ("even and odd slots", even_odd, {}),
     ("column halves", column_halves, {}),
     ("pinned rows", pinned_rows, {}),
+    ("buf[idx] = scalar from two streams, disjoint", scalar_assignment, {}),
     ("a later write to another slot, checked before the indexed op ran", checked_before_it_runs,
      {"slot": 3}),
 ]
@@ -144,6 +161,7 @@ BROKEN = [
     ("even and odd sharing one slot", even_odd, {"shared": True}),
     ("column halves overlapping by one column", column_halves, {"overlap": 1}),
     ("host reads a pinned row before the sync", pinned_rows, {"read_row": 0}),
+    ("buf[idx] = scalar from two streams sharing a slot", scalar_assignment, {"shared": True}),
     ("a later write to a slot it writes, checked before it ran", checked_before_it_runs,
      {"slot": 1}),
 ]
