@@ -24,6 +24,7 @@ from .threads import ensure_thread_mode
 
 _MISSING = object()
 _API = object()  # the key of cuda_api's patches in what install() returns
+_SWAP = object()  # the key of torch.__future__'s module-conversion flag
 
 DEVICE_NAME = "Virtual CUDA device (pytest-streamorder)"
 VIRTUAL = "Virtual, pytest-streamorder"  # in every virtual GPU's name
@@ -187,10 +188,19 @@ def install(vd) -> dict:
     except BaseException:
         uninstall(saved)
         raise
+    # nn.Module.to("cuda") / .cuda(): with swapping, a module's parameters and buffers
+    # become the device tensors themselves (Parameter(data) of a tensor subclass keeps
+    # the subclass); otherwise `param.data = ...` leaves a CUDA-keyed tensor that is
+    # neither the host's nor ours, and the forward fails with a raw error.
+    saved[_SWAP] = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
     return saved
 
 
 def uninstall(saved: dict) -> None:
+    swap = saved.pop(_SWAP, None)
+    if swap is not None:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
     api = saved.pop(_API, None)
     if api is not None:
         api.undo()

@@ -414,10 +414,29 @@ def dispatch(func, types, args, kwargs):
         args = tuple(_untwin(a) for a in args)
         kwargs = {k: _untwin(v) for k, v in kwargs.items()}
     handler = DISPATCH_HANDLERS.get(func)
+    if handler is None and _is_composite(func):
+        # Outside inference mode the autograd key decomposes these (aten.to, ...) before
+        # they reach us; under torch.inference_mode() they arrive whole. Decompose them
+        # here the same way, or `t.to("cpu")` would be taken for a view of t.
+        out = func.decompose(*args, **kwargs)
+        if out is not NotImplemented:
+            return out
     with RUNTIME_LOCK:
         if handler is not None:
             return handler(vd, func, args, kwargs)
         return issue(vd, func, args, kwargs, Site.here(2))
+
+
+_COMPOSITE: dict = {}
+
+
+def _is_composite(func) -> bool:
+    """Whether the op has a CompositeImplicitAutograd kernel (cached per op)."""
+    known = _COMPOSITE.get(func)
+    if known is None:
+        known = _COMPOSITE[func] = torch._C._dispatch_has_kernel_for_dispatch_key(
+            func.name(), "CompositeImplicitAutograd")
+    return known
 
 
 def _copy_(vd, func, args, kwargs):

@@ -40,7 +40,11 @@ class Block:
     def __init__(self, address: int, nbytes: int, stream):
         self.address = address
         self.nbytes = nbytes
-        self.data = torch.empty(nbytes, dtype=torch.uint8)
+        # Never an inference tensor, even when allocated under torch.inference_mode():
+        # the block outlives that block of code and is written (ops run late, the
+        # session restores memory) outside it.
+        with torch.inference_mode(False):
+            self.data = torch.empty(nbytes, dtype=torch.uint8)
         poison_(self.data)
         self.stream = stream
         self.pending: list = []  # scheduler items that must complete before reuse
