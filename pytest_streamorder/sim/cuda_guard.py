@@ -8,8 +8,9 @@ dies with no report. Registering c10's own `FakeGuardImpl` for the CUDA device t
 those paths back into ordinary Python exceptions (or working code).
 
 The guard is a ten-line extension built with torch's cpp_extension at first use (about
-15 s with g++ and ninja) and cached by torch in TORCH_EXTENSIONS_DIR
-(~/.cache/torch_extensions by default). It must be built while `torch.version.cuda` is
+15 s with g++ and ninja) and cached in the temp folder, per user, torch version and
+Python (STREAMORDER_BUILD_DIR overrides it): not under $HOME, which test runners such as
+pytester move, so that every process of a session finds the one build. It must be built while `torch.version.cuda` is
 still the CPU build's None: cpp_extension reads it to choose its flags. Without a
 compiler, `install()` returns the reason instead, and callers fail the affected test
 with a named error before torch reaches the C++ that would abort.
@@ -17,7 +18,10 @@ with a named error before torch reaches the C++ that would abort.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+import tempfile
 
 # The extension's name carries a version: change the source, bump it.
 _EXTENSION = "streamorder_cuda_guard_v1"
@@ -63,11 +67,23 @@ def _build_and_register() -> str:
                 "built; build it first (pytest_streamorder.sim.cuda_guard.install())")
     from torch.utils.cpp_extension import load_inline
 
+    directory = _build_directory(torch.__version__)
     try:
+        os.makedirs(directory, exist_ok=True)
         module = load_inline(_EXTENSION, cpp_sources=[_SOURCE], functions=["install"],
-                             verbose=False)
+                             build_directory=directory, verbose=False)
     except Exception as exc:  # a compiler error: report it, never abort
         return f"building pytest-streamorder's native CUDA device guard failed: {exc}"
     if not module.install():
         return "the native CUDA device guard was built but did not register"
     return ""
+
+
+def _build_directory(torch_version: str) -> str:
+    """Where the build is cached: one folder per user, torch version and Python."""
+    chosen = os.environ.get("STREAMORDER_BUILD_DIR")
+    if chosen:
+        return chosen
+    tag = f"torch{torch_version}-py{sys.version_info[0]}{sys.version_info[1]}".replace("+", "_")
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return os.path.join(tempfile.gettempdir(), f"pytest-streamorder-{user}", tag, _EXTENSION)
