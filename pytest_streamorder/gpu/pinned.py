@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.pinned import PinnedRegistry
+
 
 class PinnedBlocks:
     """Pinned host storages by address -> their model allocations (the interface of
@@ -36,15 +38,7 @@ class PinnedBlocks:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @staticmethod
-    def key(t: torch.Tensor) -> int | None:
-        """The address of a host tensor's storage; None for device or storage-less tensors."""
-        try:
-            if t.device.type != "cpu":
-                return None
-            return t.untyped_storage().data_ptr()
-        except Exception:  # meta, sparse, a wrapper subclass: not pinned memory
-            return None
+    key = staticmethod(PinnedRegistry.key)  # one rule for what a storage's address is
 
     def lookup(self, t: torch.Tensor):
         """The model allocation of the live storage registered at `t`'s address, else None
