@@ -9,12 +9,9 @@ goes through it sees these too. Names a program imported before the context star
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from types import SimpleNamespace
 
 import torch
 
-from ..errors import NotModelledError
 from ..host_threads import locked
 from ..model import Site
 from .cuda_api import install as install_api
@@ -25,45 +22,10 @@ from .threads import ensure_thread_mode
 _MISSING = object()
 _API = object()  # the key of cuda_api's patches in what install() returns
 _SWAP = object()  # the key of torch.__future__'s module-conversion flag
+_NVML = object()  # the key of the virtual NVML's patches
 
-DEVICE_NAME = "Virtual CUDA device (pytest-streamorder)"
-VIRTUAL = "Virtual, pytest-streamorder"  # in every virtual GPU's name
-CUDA_VERSION = "12.4"  # torch.version.cuda while a session runs: a CUDA 12 build's string
-
-
-@dataclasses.dataclass(frozen=True)
-class VirtualGPU:
-    """What the virtual device says it is: the identity of one real GPU model, with our
-    name appended, so that code choosing kernels by capability or name takes a real
-    GPU's path, and a report never mistakes it for hardware."""
-
-    name: str
-    major: int
-    minor: int
-    total_memory: int
-    multi_processor_count: int
-    uuid: str
-
-    def properties(self) -> SimpleNamespace:
-        """torch.cuda.get_device_properties(): the fields torch's own object has that
-        code reads (L2 cache and warp size as on the real model)."""
-        return SimpleNamespace(
-            name=self.name, major=self.major, minor=self.minor, total_memory=self.total_memory,
-            multi_processor_count=self.multi_processor_count, is_integrated=False,
-            is_multi_gpu_board=False, uuid=self.uuid, warp_size=32,
-            L2_cache_size=(50 if self.major >= 9 else 40) * 2**20,
-            max_threads_per_multi_processor=2048, regs_per_multiprocessor=65536,
-            gcnArchName="NONE", pci_bus_id=0, pci_device_id=0, pci_domain_id=0)
-
-
-# streamorder_capability: which GPU the virtual one is (sm80 by default).
-GPUS = {
-    "sm80": VirtualGPU(f"NVIDIA A100-SXM4-80GB ({VIRTUAL})", 8, 0, 80 * 2**30, 108,
-                       "GPU-5f0e7a9c-0000-4000-8000-000000000080"),
-    "sm90": VirtualGPU(f"NVIDIA H100 80GB HBM3 ({VIRTUAL})", 9, 0, 80 * 2**30, 132,
-                       "GPU-5f0e7a9c-0000-4000-8000-000000000090"),
-}
-DEFAULT_GPU = GPUS["sm80"]
+from .gpu_identity import DEFAULT_GPU
+from .nvml import VirtualNVML
 
 # CUDA APIs refused with a hint of their own. Every other torch.cuda API that is not
 # modelled is refused by the computed net (cuda_net.py); what is modelled is listed in
@@ -194,10 +156,14 @@ def install(vd) -> dict:
     # neither the host's nor ours, and the forward fails with a raw error.
     saved[_SWAP] = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
+    saved[_NVML] = VirtualNVML(getattr(vd, "gpu", DEFAULT_GPU)).install()
     return saved
 
 
 def uninstall(saved: dict) -> None:
+    nvml = saved.pop(_NVML, None)
+    if nvml is not None:
+        nvml.undo()
     swap = saved.pop(_SWAP, None)
     if swap is not None:
         torch.__future__.set_swap_module_params_on_conversion(swap)

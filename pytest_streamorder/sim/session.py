@@ -2,7 +2,7 @@
 
 From the first conftest.py on (the plugin installs it in pytest_load_initial_conftests),
 `torch.cuda.is_available()` is True, `torch.version.cuda` is CUDA_VERSION, and there is
-one named virtual GPU (cuda_module.GPUS), so import-time checks such as SGLang's
+one named virtual GPU (gpu_identity.GPUS), so import-time checks such as SGLang's
 `is_cuda()` take their CUDA paths. There is one VirtualDevice for the session: work done
 at import time, in conftest.py, in fixtures of any scope and in setUpClass runs on it.
 Each schedule of a test is a `Run` on that device (device.py); between runs queued work
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import cuda_guard
-from .cuda_module import CUDA_VERSION, GPUS
+from .gpu_identity import CUDA_VERSION, GPUS
 from .device import DEFAULT_MAX_OPS, Run, VirtualDevice
 from .runtime import set_guard_missing
 
