@@ -35,6 +35,15 @@ def set_exact(on: bool) -> bool:
     return previous
 
 
+def contiguous_strides(shape) -> tuple:
+    """The strides of a contiguous (row-major) tensor of this shape."""
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
 def extent(size, stride, offset: int, itemsize: int) -> tuple[int, int]:
     """[start, stop) bytes of its storage that a strided layout can touch (negative
     strides included); (0, 0) when it has no element."""

@@ -19,7 +19,7 @@ from ..errors import NotModelledError
 from ..host_threads import RUNTIME_LOCK
 from ..model import Site
 from ..ops.host import call_name, host_access_specs, pinned_operands
-from ..ops.ranges import extent, tensor_access
+from ..ops.ranges import contiguous_strides, extent, tensor_access
 from . import runtime
 from .issue import Ref, _access, issue, output_layouts
 from . import threads
@@ -260,7 +260,7 @@ def _to(vd, func, args, kwargs):
     site = Site.here(2)
     if device is not None and _is_cuda(device) and not isinstance(self, DeviceTensor):
         value = self if dtype is None or dtype == self.dtype else self.to(dtype)
-        out = vd.new_tensor(tuple(value.shape), _contiguous_strides(value.shape), 0,
+        out = vd.new_tensor(tuple(value.shape), contiguous_strides(value.shape), 0,
                             value.dtype, None, site, "Tensor.to")
         upload(vd, out, value, site, "H2D copy (Tensor.to)", blocking=not non_blocking)
         return out
@@ -276,13 +276,6 @@ def _int_device(args):
         return (torch.device("cuda", args[0]),) + tuple(args[1:])
     return args
 
-
-def _contiguous_strides(shape):
-    strides, acc = [], 1
-    for n in reversed(shape):
-        strides.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 def _pin_memory(vd, func, args, kwargs):

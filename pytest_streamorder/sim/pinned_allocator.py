@@ -20,6 +20,8 @@ import weakref
 
 import torch
 
+from ..ops.ranges import contiguous_strides, extent
+
 ALIGN = 64
 MIN_BLOCK = 512
 
@@ -55,8 +57,6 @@ class PinnedHostAllocator:
 
     def empty(self, size, stride, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised pinned tensor of that layout, from the pool."""
-        from ..ops.ranges import extent  # a leaf module; imported late to keep this one light
-
         nbytes = extent(tuple(size), tuple(stride), 0, dtype.itemsize)[1]
         if nbytes == 0:
             return torch.empty_strided(tuple(size), tuple(stride), dtype=dtype)
@@ -131,17 +131,10 @@ def host_allocator(vd) -> PinnedHostAllocator:
 def pinned_like(vd, value: torch.Tensor, site, copy: bool = True) -> torch.Tensor:
     """A pinned tensor from the pool with value's layout (contiguous if it is not dense)
     and, if copy, its contents; registered with the device as pinned memory."""
-    stride = value.stride() if value.is_contiguous() else _contiguous_strides(value.shape)
+    stride = value.stride() if value.is_contiguous() else contiguous_strides(value.shape)
     out = host_allocator(vd).empty(tuple(value.shape), stride, value.dtype)
     if copy:
         with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
             out.copy_(value)
     return vd.register_pinned(out, site)
 
-
-def _contiguous_strides(shape):
-    strides, acc = [], 1
-    for n in reversed(shape):
-        strides.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(strides))
