@@ -69,8 +69,8 @@ def _has_device_tensor(args, kwargs) -> bool:
 
 
 def _grad_on_device(args, kwargs) -> bool:
-    """A CUDA tensor that requires grad among the arguments (a module's parameters moved
-    to the device are plain Parameters with device cuda, not DeviceTensors)."""
+    """A CUDA tensor that requires grad among the arguments (device tensors, and any
+    tensor claiming device cuda: the guard-less path must refuse both)."""
     def hit(x):
         return isinstance(x, torch.Tensor) and x.requires_grad and x.device.type == "cuda"
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from pytest_streamorder.model import READ, WRITE, HappensBefore, Pending
 from pytest_streamorder.model.regions import from_runs, strided
+from tests.unit.test_model_regions import enumerate_bytes  # the one brute-force byte walk
 
 HOST = "host"
 
@@ -53,34 +54,16 @@ OPTIONAL_KINDS = ("host", "record", "wait", "wait_stream", "sync_stream", "sync_
                   "views", "pending", "resolve")
 
 
-def view_bytes(size, stride, offset, itemsize) -> frozenset:
-    """The offsets a strided layout touches, by walking every index."""
-    out = set()
-    if any(n == 0 for n in size):
-        return frozenset()
-    idx = [0] * len(size)
-    while True:
-        e = offset + sum(i * s for i, s in zip(idx, stride))
-        out.update(range(e * itemsize, (e + 1) * itemsize))
-        for k in reversed(range(len(size))):
-            idx[k] += 1
-            if idx[k] < size[k]:
-                break
-            idx[k] = 0
-        else:
-            return frozenset(out)
-
-
 def superset_bytes(superset) -> frozenset:
     if len(superset) == 2:
         return frozenset(range(*superset))
-    return view_bytes(*superset)
+    return enumerate_bytes(*superset)
 
 
 def offsets(acc) -> frozenset:
     """The offsets (within its allocation) an access of a trace touches in the end."""
     if acc[0] == "view":
-        return view_bytes(*acc[2])
+        return enumerate_bytes(*acc[2])
     if acc[0] == "pending":
         return acc[3]
     return frozenset(range(acc[1], acc[2]))
@@ -89,7 +72,7 @@ def offsets(acc) -> frozenset:
 def issued_empty(acc) -> bool:
     """Zero-size at issue: the detector ignores it (a pending one by its superset)."""
     if acc[0] == "view":
-        return not view_bytes(*acc[2])
+        return not enumerate_bytes(*acc[2])
     if acc[0] == "pending":
         return not superset_bytes(acc[2])
     return acc[1] >= acc[2]
