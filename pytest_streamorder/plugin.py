@@ -217,13 +217,13 @@ class StreamOrderRun:
             # Work queued outside this test (import time, an earlier test's broader
             # fixtures) runs now, and the host learns nothing from it (no edge).
             device.drain_quietly()
-            self._snapshot = device.snapshot()
+        self._snapshot = self._snapshot_memory() if len(plan) > 1 else None
         for index, (policy, seed) in enumerate(plan):
             last = index == len(plan) - 1
             state = _Schedule(index, policy, seed, self.new_run(policy, seed))
+            if index:
+                self._restore_memory()
             if device is not None:
-                if index:
-                    device.restore(self._snapshot)
                 device.start_run(state.run)
             elif not hypothesis:  # (the cuda backend: one per example)
                 state.run.__enter__()
@@ -246,8 +246,29 @@ class StreamOrderRun:
             if stop:
                 break
         schedules = len(self._examples) if self._examples is not None else index + 1
+        self._snapshot = None
         self._finish(item, reports, state, schedules)
         return reports
+
+    def _snapshot_memory(self):
+        """Device and pinned memory now, for later schedules of this test to start from
+        (queued work runs first, adding no happens-before edge)."""
+        if self.session is not None:
+            device = self.session.device
+            device.drain_quietly()
+            return device.snapshot()
+        if self.backend == "cuda":
+            return _import("pytest_streamorder.gpu.snapshot").take()
+        return None
+
+    def _restore_memory(self) -> None:
+        snap = self._snapshot
+        if snap is None:
+            return
+        if self.session is not None:
+            self.session.device.restore(snap)
+        else:
+            snap.restore()
 
     def _teardown_rest(self, item, nextitem) -> list:
         """Tear down what the plan kept for later schedules, when it stops early."""
@@ -318,12 +339,10 @@ class StreamOrderRun:
         result = yield
         state = self._state
         if state is not None and state.index == 0 and fixturedef.scope != "function" \
-                and self.session is not None:
+                and self._snapshot is not None:
             # A broader fixture outlives this schedule: later ones start from its memory
             # as it is now (its queued work run, without any happens-before edge).
-            device = self.session.device
-            device.drain_quietly()
-            self._snapshot = device.snapshot()
+            self._snapshot = self._snapshot_memory()
         return result
 
     @pytest.hookimpl(wrapper=True)

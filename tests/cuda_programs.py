@@ -314,6 +314,45 @@ def offset_view_writes() -> tuple[list, list]:
     return observed, [0, 0, 1, 1, 2, 2, 2, 2]
 
 
+def _forward_in_worker(x: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+    """A forward pass in a worker thread on its own stream, as SGLang's older overlap
+    scheduler ran it: inference-mode outputs and a done-event come back through a queue."""
+    import queue
+    import threading
+
+    handoff = queue.Queue()
+
+    def worker():
+        stream = torch.cuda.Stream()
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            _delay()
+            out = x * 2 + 1
+            done = torch.cuda.Event()
+            done.record()
+        handoff.put((out, done))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    out, done = handoff.get(timeout=60)
+    thread.join()
+    return out, done
+
+
+WORKER_IN = [1, 2, 3, 4, 5, 6, 7, 8]
+WORKER_OUT = [2 * v + 1 for v in WORKER_IN]
+
+
+def worker_output_read_unsynced() -> tuple[list, list]:
+    """The scheduler thread copies a worker's output to the host with only the queue's
+    host-side handoff: the worker's stream may not have run yet."""
+    x = _dev(WORKER_IN)
+    torch.cuda.synchronize()
+    out, _done = _forward_in_worker(x)
+    observed = out.cpu().tolist()  # BUG: missing current_stream().wait_event(done)
+    torch.cuda.synchronize()
+    return observed, WORKER_OUT
+
+
 # ======================================================================================
 # Correct twins
 # ======================================================================================
@@ -613,6 +652,17 @@ def spec_off_rerecord() -> tuple[list, list]:
     return observed, PUBLISHED + [0, 12, 0, 34, 0, 56, 0, 0]
 
 
+def worker_output_waited() -> tuple[list, list]:
+    """Twin: the scheduler's stream waits on the worker's done-event before reading."""
+    x = _dev(WORKER_IN)
+    torch.cuda.synchronize()
+    out, done = _forward_in_worker(x)
+    torch.cuda.current_stream().wait_event(done)
+    observed = out.cpu().tolist()
+    torch.cuda.synchronize()
+    return observed, WORKER_OUT
+
+
 BUGS = {
     "d2h_not_gated": d2h_not_gated,
     "host_reads_pinned_before_sync": host_reads_pinned_before_sync,
@@ -626,6 +676,7 @@ BUGS = {
     "stale_event_spec_off": stale_event_spec_off,
     "default_stream_init_raced": default_stream_init_raced,
     "offset_view_writes": offset_view_writes,
+    "worker_output_read_unsynced": worker_output_read_unsynced,
 }
 
 TWINS = {
@@ -643,4 +694,5 @@ TWINS = {
     "pinned_staging_synced": pinned_staging_synced,
     "offset_views_disjoint": offset_views_disjoint,
     "spec_off_rerecord": spec_off_rerecord,
+    "worker_output_waited": worker_output_waited,
 }

@@ -24,7 +24,7 @@ class DeviceOps:
 
     def _device_op(self, func, info, args, kwargs, tensors):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        if info.is_view:
+        if info.is_view and not info.may_copy:
             return func(*args, **kwargs)  # no device work
         site = Site.here(2, self.depth)
         agent = self._current_agent()
@@ -56,6 +56,9 @@ class DeviceOps:
             self._in_op = False
             self._pending = None
         elapsed = _perf() - t0
+
+        if info.may_copy and _aliases_inputs(out, tensors):
+            return out  # it was a view this time: no device work
 
         accesses = []
         sync_after = info.syncs_with(args, kwargs)
@@ -90,7 +93,8 @@ class DeviceOps:
         if info.returns_tensors and out is not None:
             outs = out if isinstance(out, (list, tuple)) else (out,)
             for i, o in enumerate(outs):
-                if not isinstance(o, T) or info.output_alias(i) is not None:
+                if not isinstance(o, T) or (info.output_alias(i) is not None
+                                            and not info.may_copy):
                     continue
                 if o.is_cuda:
                     start, stop, region = tensor_set(o)
@@ -162,6 +166,13 @@ class DeviceOps:
 
     def _harvest(self, force: bool = False) -> None:
         self._ring.harvest(self.hb, force)
+
+
+def _aliases_inputs(out, tensors) -> bool:
+    """Every tensor output shares the storage of some tensor argument."""
+    bases = {storage_base(t) for t, _w in tensors}
+    outs = out if isinstance(out, (list, tuple)) else (out,)
+    return all(not isinstance(o, T) or storage_base(o) in bases for o in outs)
 
 
 def _non_blocking(func, args, kwargs) -> bool:

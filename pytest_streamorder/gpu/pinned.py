@@ -70,6 +70,15 @@ class PinnedBlocks:
             self._sweep_at = max(64, 2 * len(self._entries))
         return alloc
 
+    def live_storages(self) -> list:
+        """The registered storages still alive (new strong references: drop them soon)."""
+        live = []
+        for _alloc, weak in self._entries.values():
+            storage = torch.UntypedStorage._new_with_weak_ptr(weak)
+            if storage is not None:
+                live.append(storage)
+        return live
+
     def sweep(self) -> int:
         """Drop every entry whose storage is gone; returns how many."""
         dead = [(key, alloc, weak) for key, (alloc, weak) in self._entries.items()

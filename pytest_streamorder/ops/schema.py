@@ -4,7 +4,8 @@ An op reads every tensor argument (lists included) and writes those its schema m
 `Tensor(a!)` (in-place self, out=). An output that aliases an argument (`Tensor(a)`,
 or `Tensor(a)[]` for split/unbind: every element aliases) is a view of it; any other
 output is fresh memory the op writes. An op whose outputs all alias arguments and that
-writes nothing is a view: no device work at all.
+writes nothing is a view: no device work at all, unless it is a composite that may
+copy (`may_copy`) and its output turns out not to share its input's memory.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class OpInfo:
     """The memory behaviour of one aten op (one per op, cached by `op_info`)."""
 
     __slots__ = ("func", "name", "arg_names", "args", "written", "writes", "returns_alias",
-                 "n_returns", "returns_list", "returns_tensors", "is_view", "is_empty",
-                 "is_copy", "metadata", "syncs", "may_sync", "seeded")
+                 "n_returns", "returns_list", "returns_tensors", "is_view", "may_copy",
+                 "is_empty", "is_copy", "metadata", "syncs", "may_sync", "seeded")
 
     def __init__(self, func):
         schema = func._schema
@@ -66,6 +67,12 @@ class OpInfo:
             "Tensor" in str(r.type) for r in schema.returns)
         self.is_view = bool(schema.returns) and not self.writes and all(
             a is not None for a in self.returns_alias)
+        # A composite "view" (to, contiguous, reshape, flatten, ...) returns its input's
+        # memory when it can and a fresh copy when it cannot: which one, only the output
+        # tells. (They reach a dispatch mode when torch does not decompose them first,
+        # e.g. `.cpu()` of an inference tensor.)
+        self.may_copy = self.is_view and torch._C._dispatch_has_kernel_for_dispatch_key(
+            func.name(), "CompositeImplicitAutograd")
         self.is_empty = func in EMPTY_OPS
         self.is_copy = func in COPY_OPS
         self.metadata = (not self.returns_tensors and not self.writes

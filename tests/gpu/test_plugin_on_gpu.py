@@ -50,3 +50,70 @@ def test_kernel(streamorder):
                                            "--streamorder-schedules=1")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*StreamRaceError*", "*my_side*", "*my_triton_kernel*"])
+
+
+# --- the session scope on the GPU backend (the same programs as on the virtual device) ---
+
+def test_broader_fixture_memory_is_restored_per_schedule_on_the_gpu(pytester):
+    from tests.unit.test_session_runtime import FIXTURES
+    pytester.makeconftest(FIXTURES.format(sync="side.synchronize()"))
+    pytester.makepyfile(test_pool="""
+import torch, conftest
+
+def test_mutates_and_reads(pool, scratch):
+    buf, staging = pool
+    assert buf.tolist() == list(range(8))        # the initial value, on every schedule
+    assert staging.tolist() == list(range(8))    # pinned: registered by the fixture's copy
+    buf.mul_(10)
+    staging.fill_(-1)
+    scratch.copy_(buf)
+    assert scratch.tolist() == [10 * i for i in range(8)]
+
+def test_counts():
+    assert conftest.SETUPS == {"session": 1, "module": 1, "function": 5}
+""")
+    result = pytester.runpytest_subprocess("--streamorder", "--streamorder-backend=cuda",
+                                           "--streamorder-schedules=5", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*2 tests checked, 10 schedules explored*0 races found*"])
+
+
+def test_unsynced_fixture_write_read_by_the_test_is_a_race_on_the_gpu(pytester):
+    from tests.unit.test_session_runtime import FIXTURES
+    pytester.makeconftest(FIXTURES.format(sync="pass  # the bug: no sync, no wait"))
+    pytester.makepyfile(test_pool="""
+def test_reads_pool(pool):
+    buf, _ = pool
+    assert buf.sum().item() == 28
+""")
+    result = pytester.runpytest_subprocess("--streamorder", "--streamorder-backend=cuda",
+                                           "-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*StreamRaceError: stream-order race on 'buf'*",
+                                 "*at conftest.py:17 in pool*"])
+
+
+def test_unittest_setupclass_state_restored_per_schedule_on_the_gpu(pytester):
+    from tests.unit.test_session_runtime import UNITTEST
+    pytester.makepyfile(test_relay=UNITTEST)
+    result = pytester.runpytest_subprocess("--streamorder", "--streamorder-backend=cuda",
+                                           "--streamorder-schedules=3", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, failed=1)
+    # (class attributes are not named on the GPU backend: "a tensor (int64[4])")
+    result.stdout.fnmatch_lines(["*StreamRaceError: stream-order race on *int64[4]*",
+                                 "FAILED test_relay.py::TestRelay::test_ungated*"])
+
+
+def test_snapshot_restores_device_blocks_and_leaves_allocator_stats_alone():
+    """gpu/snapshot.py directly: bytes come back, memory_allocated does not move."""
+    from pytest_streamorder.gpu import snapshot
+
+    buf = torch.arange(1000, dtype=torch.int32, device="cuda")
+    before = torch.cuda.memory_allocated()
+    snap = snapshot.take()
+    assert torch.cuda.memory_allocated() == before  # host copies only
+    buf.fill_(-5)
+    snap.restore()
+    assert buf.tolist() == list(range(1000))
+    assert torch.cuda.memory_allocated() == before
+    snap.release()

@@ -356,3 +356,19 @@ def test_host_indexing_of_pinned_memory_is_a_view_and_keys_are_exact():
     assert [(a, r.runs(), w) for a, r, w in got] == [(alloc, [(32, 64), (96, 128)], False)]
     mask = torch.tensor([True, False, False, False])
     assert host_access_specs(T.__setitem__, hits, None, (pinned, mask, 0)) == [(alloc, 0, 32, True)]
+
+
+def test_composite_views_that_may_copy_are_told_apart_from_real_views():
+    """`to`, `contiguous`, `reshape` return their input or a fresh copy: the GPU backend
+    checks the output (an inference tensor's `.cpu()` reaches the dispatch mode as
+    aten.to.dtype_layout, a D2H copy that was once skipped as a view)."""
+    aten = torch.ops.aten
+    for func in (aten.to.dtype_layout, aten.to.device, aten.contiguous.default,
+                 aten.reshape.default, aten.flatten.using_ints):
+        info = op_info(func)
+        assert info.is_view and info.may_copy, info
+    for func in (aten.view.default, aten.slice.Tensor, aten.as_strided.default,
+                 aten.t.default, aten.expand.default, aten.unsqueeze.default):
+        info = op_info(func)
+        assert info.is_view and not info.may_copy, info
+    assert not op_info(aten.add.Tensor).may_copy

@@ -54,12 +54,14 @@ REPORTS = {
                                   "recorded on 'default'"),
     "offset_view_writes": ("first", "write", "fill_", "second", "write", "fill_",
                            "recorded on 'first'"),
+    "worker_output_read_unsynced": ("stream", "write", "aten.add", "default", "read",
+                                    "D2H copy", "recorded on 'stream'"),
 }
 
 
 def test_every_bug_has_an_expected_report():
     assert set(REPORTS) == set(programs.BUGS)
-    assert len(programs.BUGS) == 12
+    assert len(programs.BUGS) == 13
 
 
 def _agent(acc) -> str:
