@@ -162,8 +162,9 @@ class Graphs:
         if entry is None:
             return False
         capture, graph = entry
-        if any(type(a[1]) is Pending for a in accesses if len(a) == 3) and \
-                "pending" not in run.__code__.co_varnames:
+        # A syncing op (run None) is refused by the sync that follows its launch.
+        if run is not None and any(type(a[1]) is Pending for a in accesses if len(a) == 3) and \
+                "pending" not in getattr(getattr(run, "__code__", None), "co_varnames", ()):
             raise NotModelledError(f"{name} in a CUDA graph capture",
                                    "its accesses depend on values it reads, and it cannot "
                                    "be told a replay's")

@@ -117,6 +117,8 @@ def test_is_current_stream_capturing_and_default_stream_rules():
     (lambda x: torch.cuda.synchronize(), "torch.cuda.synchronize()"),
     (lambda x: x.sum().item(), "a host sync on stream 'graph_capture'"),
     (lambda x: x.cpu(), "a host sync on stream 'graph_capture'"),
+    (lambda x: x[x > 0], "a host sync on stream 'graph_capture'"),  # nonzero: data-dependent
+    (lambda x: x.tolist(), "a host sync on stream 'graph_capture'"),
     (lambda x: torch.cuda.current_stream().synchronize(), "a host sync on stream"),
     (lambda x: torch.cuda.Event().query(), "Event.query()"),
     (lambda x: torch.cuda.current_stream().query(), "Stream.query()"),
