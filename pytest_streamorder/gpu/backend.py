@@ -237,6 +237,8 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             deactivate(self)
 
     def _maybe_delay(self, site: Site, what: str, stream=None) -> None:
+        if getattr(self.hb, "captures", None):
+            return  # a delay would be captured into the graph (gpu/graphs.py)
         user = user_frames(site)
         if not user:
             return

@@ -1,7 +1,8 @@
 """Small wrappers, restored on exit, around torch.cuda.Event/Stream methods that no GPU
 trace callback reports well: a True query() is a host sync, a wait on a never-recorded
 event is noted (CUDA skips it and no trace fires), syncs are timed, delays go before
-event records, and new streams and events are named from their creating line."""
+event records, new streams and events are named from their creating line, and CUDA
+graph capture and replay are fed to the model (graphs.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import time
 
 import torch
 
-from ..errors import NotModelledError
 from ..host_threads import locked
 from ..model import Site
 from .debug import DEBUG as _DEBUG
+from .graphs import install as install_graph_patches
 
 _perf = time.perf_counter
 
@@ -118,17 +119,5 @@ class TorchPatches:
         self._patch(torch.cuda, "synchronize", timed)
         self._patch(torch.cuda, "empty_cache", empty_cache)
 
-        def capture_begin(orig):
-            def capture_begin(*args, **kwargs):
-                # Captured kernels do not run at capture, and a replay issues them again
-                # unseen: the detector would see work where there is none (a false alarm
-                # on correct code) and miss the replays. Refused by name until modelled.
-                raise NotModelledError("torch.cuda.CUDAGraph capture", "captured kernels "
-                                       "would look like work that never ran",
-                                       by="pytest-streamorder's real-GPU backend")
-            return capture_begin
-
-        self._patch(torch.cuda.graphs.CUDAGraph, "capture_begin", capture_begin)
-        # `with torch.cuda.graph(g):` switches to its capture stream before capture_begin:
-        # refuse on entry, so the refusal leaves the current stream as it was.
-        self._patch(torch.cuda.graphs.graph, "__enter__", capture_begin)
+        # CUDA graphs: capture held back from the model, replays fed to it (graphs.py)
+        install_graph_patches(self)

@@ -20,7 +20,7 @@ import threading
 import torch
 
 from ..errors import NotModelledError
-from . import accelerator, cuda_net, cuda_types, generators, gpu_identity, storage
+from . import accelerator, cuda_net, cuda_types, generators, gpu_identity, graphs, storage
 from .memory_stats import memory_info
 from .patching import Patches
 from .pinned_allocator import host_allocator
@@ -122,7 +122,7 @@ def c_entry_points(vd) -> dict:
         "_cuda_setDevice": _device_index,
         "_cuda_exchangeDevice": lambda device: (_device_index(device), 0)[1],
         "_cuda_maybeExchangeDevice": lambda device: (_device_index(device), 0)[1],
-        "_cuda_isCurrentStreamCapturing": lambda: False,
+        "_cuda_isCurrentStreamCapturing": vd.graphs.is_capturing,
     }
 
 
@@ -141,7 +141,7 @@ def python_replacements(vd) -> dict:
         "default_generators": (generators.default_generator(vd),),
         "device": cuda_types.device,
         "device_of": cuda_types.device_of,
-        "is_current_stream_capturing": lambda: False,
+        "is_current_stream_capturing": graphs.is_current_stream_capturing,
         "ipc_collect": ipc_collect,
     }
     table.update(cuda_types.legacy_types())

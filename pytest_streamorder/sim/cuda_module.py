@@ -16,6 +16,7 @@ from ..host_threads import locked
 from ..model import Site
 from .cuda_api import install as install_api
 from .cuda_net import refuse
+from . import graphs
 from .streams import VirtualEvent, VirtualStream
 from .threads import ensure_thread_mode
 
@@ -31,10 +32,8 @@ from .nvml import VirtualNVML
 # modelled is refused by the computed net (cuda_net.py); what is modelled is listed in
 # this file's table, cuda_api.python_replacements and cuda_net.MODELLED_ORIGINALS.
 UNSUPPORTED = {
-    "CUDAGraph": "CUDA graphs are not modelled",
-    "graph": "CUDA graphs are not modelled",
-    "make_graphed_callables": "CUDA graphs are not modelled",
-    "graph_pool_handle": "CUDA graphs are not modelled",
+    "make_graphed_callables": "it captures autograd's backward into graphs; capture with "
+                              "torch.cuda.graph(...) instead",
     "ExternalStream": "a stream made outside torch has no place in the model",
     "caching_allocator_alloc": "raw allocations are not modelled",
     "caching_allocator_delete": "raw allocations are not modelled",
@@ -92,6 +91,7 @@ def _replacements(vd) -> dict:
     @locked
     def synchronize(device=None):
         _device_index(device)
+        vd.graphs.forbid("torch.cuda.synchronize()", device=True)
         vd.sync_device()
 
     @locked
@@ -131,6 +131,9 @@ def _replacements(vd) -> dict:
         "set_stream": set_stream,
         "synchronize": synchronize,
         "_sleep": _sleep,
+        "CUDAGraph": graphs.VirtualCUDAGraph,
+        "graph": graphs.graph,
+        "graph_pool_handle": graphs.graph_pool_handle,
     }
     for name, hint in UNSUPPORTED.items():
         table[name] = refuse(f"torch.cuda.{name}", getattr(torch.cuda, name, None), hint)

@@ -32,6 +32,7 @@ from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Sc
 from .cuda_module import install as install_cuda_module, uninstall as uninstall_cuda_module
 from .interception import enter as enter_interception, exit as exit_interception
 from .issue import Ref, _access
+from .graphs import Graphs
 from .memory import CachingAllocator, poison_
 from .streams import VirtualStream
 from .runtime import active_device, current, set_active  # noqa: F401  (active_device: re-exported)
@@ -140,6 +141,7 @@ class VirtualDevice:
         self.hb = HappensBefore(on_race=self._on_race)
         self.hb.races = self.run.races
         self.allocator = CachingAllocator(self)
+        self.graphs = Graphs(self)  # CUDA graph captures in progress, graph pools
         # Per-op virtual cost: None gives every op the scheduler's DEFAULT_OP_NS; else a
         # callable (op name, accesses) -> ns, e.g. pytest_streamorder.benchmarking.CostModel.
         self.cost_model = None
@@ -266,6 +268,7 @@ class VirtualDevice:
     def end_of_test(self) -> None:
         """A test's schedule ended: every stream's work counts as done for later ones, so
         a later schedule or test never fails for this one's leftovers."""
+        self.graphs.abandon()  # a capture the test left open ends (no graph)
         self.discard_queued()
         self.hb.sync_device()
         # And in virtual time: the next run's clock starts again at 0, so nothing of this
@@ -391,6 +394,7 @@ class VirtualDevice:
 
     def sync_stream(self, stream: VirtualStream) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        self.graphs.forbid(f"a host sync on stream '{stream.name}'", stream=stream)
         self.scheduler.drain(stream.queue)
         self.hb.sync_stream(stream.agent)
 
@@ -402,6 +406,8 @@ class VirtualDevice:
     def sleep(self, cycles: int, site: Site) -> None:
         """torch.cuda._sleep: occupy the current stream for `cycles` of virtual time."""
         stream = self.current_stream
+        if self.graphs.captures and self.graphs.on_sleep(stream, cycles):
+            return  # captured: it runs at each replay
         self._count_op("_sleep")
         self.hb.launch(stream.agent, "cuda._sleep", (), site)
         self.scheduler.enqueue(stream.queue, Item("_sleep", None, cost_ns=int(cycles / SLEEP_CYCLES_PER_NS)))
@@ -415,6 +421,8 @@ class VirtualDevice:
         """Tell the model, then queue `run` (None: nothing to execute) on the stream."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         stream = stream or self.current_stream
+        if self.graphs.captures and self.graphs.on_launch(stream, name, accesses, site, run):
+            return  # captured: it runs at each replay (sim/graphs.py)
         self._count_op(name)
         self.hb.launch(stream.agent, name, accesses, site)
         item = Item(name, run) if self.cost_model is None else \

@@ -187,6 +187,7 @@ def _factory(vd, func, args, kwargs):
     kw = dict(kwargs, device="cpu")
     kw.pop("pin_memory", None)
     if func in RANDOM_FACTORIES:  # drawn from the device's CUDA generator, not the CPU's
+        vd.graphs.no_random(call_name(func))
         kw["generator"] = cuda_generator_arg(vd, kw.get("generator"))
     value = func(*args, **kw)  # computed on the host now: random values do not depend on the schedule
     if func in EMPTY_FACTORIES:
@@ -206,6 +207,8 @@ def upload(vd, dst: DeviceTensor, src: torch.Tensor, site: Site, name: str,
     are staged synchronously), and a blocking copy also waits for the stream."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     pinned = vd.pinned_alloc(src)
+    if snapshot and pinned is None:  # a factory's fill is a kernel; this is a real copy
+        vd.graphs.forbid(f"{name} from pageable host memory", stream=vd.current_stream)
     dst_ref = Ref(dst)
     accesses = [_access(dst, True)]
     if pinned is not None and not blocking:

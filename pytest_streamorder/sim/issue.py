@@ -203,6 +203,10 @@ def issue(vd, func, args, kwargs, site: Site):
             accesses.append(_access(out, True))
 
     if not info.is_view:
+        if host_inputs:  # a pageable H2D copy: not permitted while the stream captures
+            vd.graphs.forbid(f"upload of a CPU index tensor for {info.name}", stream=vd.current_stream)
+        if info.seeded:
+            vd.graphs.no_random(info.name)
         ix = indexed(func)
         pending = _operand_accesses(ix, operands, accesses)
         for t in host_inputs:
@@ -218,7 +222,7 @@ def issue(vd, func, args, kwargs, site: Site):
         if pending is not None:
             layout, itemsize = operands[0][1]._layout, operands[0][1].dtype.itemsize
 
-        def run():
+        def run(pending=pending):  # a CUDA graph replay passes a fresh one (sim/graphs.py)
             __tracebackhide__ = True  # pytest: show the user's frames, not ours
             if pending is not None:  # the index values exist now, before the op uses them
                 _resolve(vd.hb, ix, pending, layout, itemsize, cargs, ckwargs)

@@ -9,6 +9,15 @@ time): work that ran early but whose finish lies after the host's clock still ho
 a block are a CPU buffer that queued ops read and write when they run, so a missing
 `record_stream` corrupts data here exactly as on a GPU. Fresh blocks hold poison, not
 zeros.
+
+CUDA graphs' private pools (GraphPool): while a stream captures into a pool, what is
+allocated on it comes from that pool, as in PyTorch. A pool's blocks are never handed to
+ordinary allocations; one freed in it (a capture's temporary, or an output the user
+dropped) goes to the next capture into the same pool, so graphs sharing a pool share
+memory, and their outputs may alias. Each pool block has ONE model allocation for its whole
+life, reserved while the pool lives: the recorded accesses of every graph that used it
+stay valid for their replays, and replays of two graphs touching the same block conflict
+unless ordered (PyTorch: share a pool only among graphs replayed in capture order).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ def poison_(buf: torch.Tensor) -> None:
 class Block:
     """Bytes of device memory, with a fake device address."""
 
-    __slots__ = ("address", "nbytes", "data", "stream", "pending", "typed")
+    __slots__ = ("address", "nbytes", "data", "stream", "pending", "typed", "pool", "alloc")
 
     def __init__(self, address: int, nbytes: int, stream):
         self.address = address
@@ -49,6 +58,8 @@ class Block:
         self.stream = stream
         self.pending: list = []  # scheduler items that must complete before reuse
         self.typed: dict = {}  # dtype -> the bytes seen as a flat tensor of that dtype
+        self.pool: "GraphPool | None" = None  # set for a CUDA graph pool's block
+        self.alloc = None  # a pool block's model allocation, for its whole life
 
 
 class VirtualStorage:
@@ -88,6 +99,10 @@ class CachingAllocator:
 
     def allocate(self, nbytes: int, label, site: Site) -> VirtualStorage:
         stream = self.device.current_stream
+        graphs = getattr(self.device, "graphs", None)
+        pool = graphs.pool_for(stream) if graphs is not None and graphs.captures else None
+        if pool is not None and nbytes:
+            return self._allocate_in_pool(pool, stream, nbytes, label, site)
         if nbytes == 0:  # like CUDA's allocator: no block at all for zero bytes
             alloc = self.device.hb.allocate(0, label, site, stream=stream.agent)
             return VirtualStorage(Block(0, 0, stream), alloc, 0)
@@ -104,6 +119,40 @@ class CachingAllocator:
         alloc = self.device.hb.allocate(max(nbytes, 0), label, site, stream=stream.agent,
                                         space="device", address=block.address)
         return VirtualStorage(block, alloc, nbytes, self)
+
+    def _allocate_in_pool(self, pool: "GraphPool", stream, nbytes: int, label,
+                          site: Site) -> VirtualStorage:
+        size = round_up(nbytes)
+        free = pool.free.get((id(stream), size))
+        if free:
+            block = free.pop()  # the capture that reuses it is ordered by the model
+            self.blocks_reused += 1
+            block.alloc.label = label  # reports name the latest tensor in the block
+        else:
+            block = Block(self._next_address, size, stream)
+            self._next_address += size
+            self.blocks_created += 1
+            self.stats.reserved(size)
+            block.pool = pool
+            block.alloc = self.device.hb.allocate(size, label, site, stream=stream.agent,
+                                                  space="device", address=block.address)
+            pool.blocks.append(block)
+        self.stats.allocated(size, size)  # its free cannot tell the size asked for
+        return VirtualStorage(block, block.alloc, nbytes, self)
+
+    def release_pool(self, pool: "GraphPool") -> None:
+        """No graph uses the pool any more: its free blocks go (cudaFree); blocks still
+        held by tensors go when those are freed. Their addresses are never handed out
+        again, so no access of a replay can meet a later owner."""
+        for blocks in pool.free.values():
+            for block in blocks:
+                self._drop_pool_block(block)
+        pool.free.clear()
+
+    def _drop_pool_block(self, block: Block) -> None:
+        self.device.hb.free(block.alloc, Site.here(3))
+        self.stats.released(block.nbytes)
+        block.pool.blocks.remove(block)
 
     def _take(self, stream, size: int) -> Block | None:
         pool = self._pools.get((id(stream), size))
@@ -123,6 +172,13 @@ class CachingAllocator:
         device = self.device
         if not device.active:
             return  # the device was torn down; its memory goes with it
+        if block.pool is not None:  # back to its graph pool; its model allocation stays
+            self.stats.freed(block.nbytes, alloc.nbytes)
+            if block.pool.users:
+                block.pool.free.setdefault((id(block.stream), block.nbytes), []).append(block)
+            else:
+                self._drop_pool_block(block)
+            return
         device.hb.free(alloc, Site.here(3))  # above @locked and __del__: the user
         self.stats.freed(block.nbytes, alloc.nbytes)
         # record_stream: hold the block until the work queued on those streams so far has
@@ -146,3 +202,16 @@ class CachingAllocator:
                 if block not in keep:
                     self.stats.released(block.nbytes)
             self._pools[key] = keep
+
+
+class GraphPool:
+    """A private memory pool of CUDA graphs: `torch.cuda.graph_pool_handle()`, or the one
+    a graph captured without `pool=` gets (`CUDAGraph.pool()`)."""
+
+    __slots__ = ("handle", "users", "free", "blocks")
+
+    def __init__(self, handle: tuple):
+        self.handle = handle
+        self.users = 0  # graphs captured (or capturing) into it and not reset
+        self.free: dict[tuple[int, int], list[Block]] = {}  # (stream id, size) -> blocks
+        self.blocks: list[Block] = []  # all its blocks, free or in use

@@ -101,6 +101,7 @@ class VirtualStream(torch.Stream):
     def query(self) -> bool:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.query")
+        self._vd.graphs.forbid("Stream.query()", stream=self)
         done = self._vd.scheduler.poll_stream(self.queue)
         if done:
             self._vd.hb.sync_stream(self.agent)
@@ -140,6 +141,7 @@ class VirtualEvent:
 
     device = torch.device("cuda", 0)
     _handle = 0  # cuda_event: 0 until the first record creates the event, as on CUDA
+    _captured = None  # (graph, fence) while its latest record is one a capture took
 
     @property
     def cuda_event(self) -> int:
@@ -171,6 +173,8 @@ class VirtualEvent:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         vd = self._vd
         vd.check_active("Event.record")
+        if vd.graphs.on_record(self, stream):
+            return  # a fence inside a CUDA graph capture (sim/graphs.py)
         vd.hb.record(self.model_event, stream.agent, site)
         if not self._handle:
             self._handle = vd.next_handle()
@@ -181,6 +185,8 @@ class VirtualEvent:
     def _wait_on(self, stream: VirtualStream, site: Site) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         vd = self._vd
+        if vd.graphs.on_wait(self, stream):
+            return  # inside a CUDA graph capture (sim/graphs.py)
         vd.hb.wait(stream.agent, self.model_event, site)
         if self._mark is not None:  # waiting on a never-recorded event is a no-op
             vd.scheduler.enqueue(stream.queue, Item(f"wait {self.name}", None, blocked_on=self._mark, cost_ns=0))
@@ -200,6 +206,7 @@ class VirtualEvent:
     def query(self) -> bool:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Event.query")
+        self._vd.graphs.forbid("Event.query()", event=self)
         if self._mark is None:
             return True
         done = self._vd.scheduler.poll(self._mark)
@@ -212,6 +219,7 @@ class VirtualEvent:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         vd = self._vd
         vd.check_active("Event.synchronize")
+        vd.graphs.forbid("Event.synchronize()", event=self)
         if self._mark is None:
             return
         vd.scheduler.wait_mark(self._mark)

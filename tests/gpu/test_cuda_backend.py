@@ -176,16 +176,17 @@ def test_blocking_reads_sync_only_their_stream():
 
 
 def test_cuda_graph_capture_is_refused_by_name_not_a_false_alarm():
-    """Captured kernels do not run at capture; until graphs are modelled, capturing one
-    under the detector is a named refusal (it used to be a false alarm on correct code)."""
-    from pytest_streamorder.errors import NotModelledError
-
+    """Captured kernels do not run at capture: capturing one under the detector is no
+    false alarm on correct code (it was refused by name until graphs were modelled:
+    tests/gpu/test_cuda_graphs_gpu.py), and the replay computes."""
     static_in = torch.zeros(8, device="cuda")
     with _backend() as be:
         graph = torch.cuda.CUDAGraph()
-        with pytest.raises(NotModelledError, match="torch.cuda.CUDAGraph capture is not modelled by pytest-streamorder.s real-GPU backend"):
-            with torch.cuda.graph(graph):
-                static_in * 2
+        with torch.cuda.graph(graph):
+            static_out = static_in * 2
+        static_in.fill_(3.0)
+        graph.replay()
+        assert static_out.sum().item() == 48.0
     assert be.races == []
     # restored: capture works again without the backend
     assert "capture_begin" in torch.cuda.graphs.CUDAGraph.__dict__

@@ -374,6 +374,7 @@ ARGS = {
     "StreamContext": (lambda: torch.cuda.Stream(),), "stream": (None,),
     "set_stream": (lambda: torch.cuda.default_stream(),), "set_device": (0,),
     "_sleep": (1,), "device": (0,), "device_of": (lambda: torch.ones(1),),
+    "graph": (lambda: torch.cuda.CUDAGraph(),),  # constructed, not entered
 }
 
 
@@ -406,9 +407,10 @@ def test_every_torch_cuda_callable_works_or_is_refused_by_name(lazy):
     raw = {n: o for n, o in outcomes.items() if o not in ("works", "refused")}
     assert not raw
     for name in ("memory_allocated", "manual_seed", "FloatTensor", "device", "Stream", "Event",
-                 "synchronize", "empty_cache", "get_rng_state"):
+                 "synchronize", "empty_cache", "get_rng_state", "CUDAGraph", "graph",
+                 "graph_pool_handle", "is_current_stream_capturing"):
         assert outcomes[name] == "works", name
-    for name in ("CUDAGraph", "memory_snapshot", "cudart", "list_gpu_processes", "FloatStorage"):
+    for name in ("make_graphed_callables", "memory_snapshot", "cudart", "list_gpu_processes", "FloatStorage"):
         assert outcomes[name] == "refused", name
     assert len(outcomes) > 100
 
