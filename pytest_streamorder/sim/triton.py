@@ -25,7 +25,7 @@ them on a GPU.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import importlib
 
 import torch
@@ -68,7 +68,7 @@ class Installed:
 
 
 def install(vd) -> Installed:
-    """Route Triton launches with virtual CUDA tensors to the active device: now if
+    """Route Triton launches to the active device while it is attached: patched now if
     triton is imported, else right after it is."""
     done = Installed()
     done.waiting = when_triton_imported(lambda: _patch(done.patches))
@@ -111,7 +111,7 @@ def _interpreted_run(original):
 def _compiled_run(original):
     def run(self, *args, grid, warmup, **kwargs):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        if current() is not None and not warmup:
+        if current() is not None:  # a warm-up would compile for a GPU too
             raise NotModelledError(
                 f"Triton kernel {self.__name__!r} compiled for a GPU",
                 "it was decorated with @triton.jit before TRITON_INTERPRET=1 was set, so "
@@ -129,7 +129,7 @@ def _autotuned_run(original):
         """No benchmarking on the virtual device: the first config, or the one
         triton_config named (the rest as Autotuner.run does with one config)."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        if current() is None or kwargs.get("warmup"):
+        if current() is None:
             return original(self, *args, **kwargs)
         config = chosen_config(self)
         conflicts = kwargs.keys() & config.kwargs.keys()
@@ -171,16 +171,17 @@ def launch(vd, fn, args, kwargs, grid, site: Site) -> None:
 
     def run():
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        recorder = _Recorder(name, [(block.data.data_ptr(), nbytes) for block, nbytes, _r, _w
-                                    in spans.values()])
+        recorder = None
         try:
+            recorder = _Recorder(name, [(block.data.data_ptr(), nbytes)
+                                        for block, nbytes, _r, _w in spans.values()])
             with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
                 _interpret(fn, name, grid, [_materialize(a) for a in cargs],
                            {k: _materialize(v) for k, v in ckwargs.items()}, recorder)
         finally:  # what ran touched exactly these bytes, even if the kernel failed
             for i, (_block, _n, read, write) in enumerate(spans.values()):
-                hb.resolve(read, recorder.exact(i, False))
-                hb.resolve(write, recorder.exact(i, True))
+                hb.resolve(read, None if recorder is None else recorder.exact(i, False))
+                hb.resolve(write, None if recorder is None else recorder.exact(i, True))
 
     vd.launch(name, accesses, site, run)
 
@@ -212,8 +213,8 @@ def _capture(value, tensors: list, name: str, where):
         # Triton's own words for a host tensor handed to a GPU kernel
         raise ValueError(f"Pointer argument (at {where}) cannot be accessed from Triton "
                          f"(cpu tensor?): {name} got a {value.device} tensor")
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_capture(v, tensors, name, where) for v in value)
+    if isinstance(value, tuple):
+        return _same_tuple(value, [_capture(v, tensors, name, where) for v in value])
     base = getattr(value, "base", None)
     if isinstance(base, DeviceTensor):
         tensors.append(base)
@@ -225,12 +226,18 @@ def _materialize(value):
     if isinstance(value, Ref):
         return value.view()
     if isinstance(value, tuple):
-        return tuple(_materialize(v) for v in value)
+        return _same_tuple(value, [_materialize(v) for v in value])
     if isinstance(value, _Wrapped):
-        wrapped = copy.copy(value.original)
-        wrapped.base = value.ref.view()
-        return wrapped
+        original, view = value.original, value.ref.view()
+        if dataclasses.is_dataclass(original):  # a TensorDescriptor
+            return dataclasses.replace(original, base=view)
+        return type(original)(view, original.dtype)  # a TensorWrapper
     return value
+
+
+def _same_tuple(original: tuple, items: list) -> tuple:
+    """`items` as a tuple of the original's type (a namedtuple stays one)."""
+    return type(original)(*items) if hasattr(original, "_fields") else tuple(items)
 
 
 def _interpret(fn, name: str, grid, args, kwargs, recorder) -> None:

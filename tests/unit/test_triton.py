@@ -421,3 +421,13 @@ def test_env():
     pytester.runpytest("--streamorder", "-p", "no:randomly").assert_outcomes(passed=1)
     assert "TRITON_INTERPRET" not in os.environ
     pytester.runpytest("-p", "no:randomly").assert_outcomes(failed=1)  # without --streamorder
+
+
+def test_a_reinterpreted_tensor_argument_runs_on_the_device_buffer(k):
+    """triton.reinterpret wraps a tensor in Triton's TensorWrapper: the kernel sees the
+    device buffer's bytes as another dtype."""
+    with so.virtual_device(policy="random"):
+        bits = torch.zeros(8, dtype=torch.int32, device="cuda")
+        k.fill_kernel[(1,)](triton.reinterpret(bits, tl.float32), 0, 8, 1.0, BLOCK=8)
+        got = bits.tolist()
+    assert got == [torch.tensor(1.0).view(torch.int32).item()] * 8
