@@ -70,8 +70,8 @@ def _patch(be, done: Installed) -> None:
     jit.JITFunction.run = run
 
 
-def launch_sets(kernel, args, kwargs) -> tuple[list, list]:
-    """(reads, writes): the CUDA tensors one launch reads and writes."""
+def launch_sets(kernel, args, kwargs, on_device=lambda t: t.is_cuda) -> tuple[list, list]:
+    """(reads, writes): the CUDA tensors (`on_device`) one launch reads and writes."""
     bound = _bind(kernel, args, kwargs)
     declared = declared_accesses(kernel)
     if declared is not None:
@@ -85,7 +85,7 @@ def launch_sets(kernel, args, kwargs) -> tuple[list, list]:
             f"declare it with pytest_streamorder.triton_accesses(kernel, fn)")
     reads, writes = [], []
     for name, value in bound.items():
-        tensors = [t for t in _tensors_in(value) if t.is_cuda]
+        tensors = [t for t in _tensors_in(value) if on_device(t)]
         if name in kinds.reads:
             reads += tensors
         if name in kinds.writes:

@@ -431,3 +431,24 @@ def test_a_reinterpreted_tensor_argument_runs_on_the_device_buffer(k):
         k.fill_kernel[(1,)](triton.reinterpret(bits, tl.float32), 0, 8, 1.0, BLOCK=8)
         got = bits.tolist()
     assert got == [torch.tensor(1.0).view(torch.int32).item()] * 8
+
+
+def test_the_gpu_backend_s_launch_sets_bind_arguments_by_name(k):
+    """What gpu/triton.py hands the detector for a launch (computed on host tensors here:
+    no GPU needed to check the binding and the declarations)."""
+    from pytest_streamorder.gpu.triton import launch_sets
+    from pytest_streamorder.ops.triton_access import triton_accesses
+
+    x, y, out = torch.zeros(4), torch.zeros(4), torch.zeros(4)
+    anywhere = dict(on_device=lambda t: True)
+    reads, writes = launch_sets(k.add_kernel, (x, y), dict(out_ptr=out, n=4, BLOCK=4,
+                                                           num_warps=4), **anywhere)
+    assert [id(t) for t in reads] == [id(x), id(y)] and [id(t) for t in writes] == [id(out)]
+    buf = torch.zeros(16)
+    triton_accesses(k.fill_kernel, lambda out_ptr, start, n, **_: ([], [out_ptr[start:start + n]]))
+    try:
+        reads, writes = launch_sets(k.fill_kernel, (buf, 8, 4, 1.0), dict(BLOCK=8), **anywhere)
+    finally:
+        del k.fill_kernel._streamorder_accesses
+    assert reads == [] and len(writes) == 1
+    assert (writes[0].storage_offset(), writes[0].numel()) == (8, 4)
