@@ -24,6 +24,9 @@ _LAZY = {
     # the interface both backends offer, and the running one (torch-free)
     "Backend": "pytest_streamorder.backend",
     "active_backend": "pytest_streamorder.backend",
+    # what a user tells us about a Triton kernel (torch-free)
+    "triton_config": "pytest_streamorder.ops.triton_access",
+    "triton_accesses": "pytest_streamorder.ops.triton_access",
 }
 
 

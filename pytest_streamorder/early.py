@@ -1,7 +1,8 @@
 """What the plugin does before the first conftest.py is imported: read whether
 --streamorder is on (flag, environment, ini) and, on the virtual device, install the
 session's virtual CUDA runtime (sim/session.py), so that import-time checks in conftest.py
-and test modules see a CUDA GPU.
+and test modules see a CUDA GPU, and set TRITON_INTERPRET=1, so that Triton kernels
+defined from then on can run on it (sim/triton.py).
 
 Imports no torch unless --streamorder is on. Under --collect-only the runtime is
 installed when something first imports torch (collection must see the virtual GPU, and
@@ -14,6 +15,7 @@ import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 import warnings
 
@@ -88,6 +90,23 @@ def _install(config, settings) -> None:
     runtime = session.SessionRuntime(settings.capability, max_ops=settings.max_ops).install()
     config.stash[SESSION_KEY] = runtime
     config.add_cleanup(runtime.uninstall)
+    _interpret_triton(config)
+
+
+def _interpret_triton(config) -> None:
+    """Triton kernels run on the virtual device in Triton's CPU interpreter
+    (sim/triton.py), which `@triton.jit` picks only if TRITON_INTERPRET=1 when the kernel
+    is decorated: set it before any conftest.py defines one; put it back at the end."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+    config.add_cleanup(restore)
 
 
 def session_runtime(config):

@@ -58,6 +58,7 @@ from .patches import TorchPatches
 from .streams import StreamsAndEvents
 from . import threads
 from .trace import TraceCallbacks
+from .triton import install as install_triton, uninstall as uninstall_triton
 
 T = torch.Tensor
 STACK_DEPTH = 10
@@ -128,6 +129,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         self._cycles_per_ms = 0.0
         self._modes: list = []
         self._patches: list = []
+        self._triton = None  # triton.py's patches of Triton's launcher, while active
         self._callbacks: list = []
         self._n_events = 0
 
@@ -209,6 +211,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         threads.start(self)
         self._install_callbacks()
         self._patch_torch()
+        self._triton = install_triton(self)  # Triton launches: triton.py
         dispatch = DispatchMode(self)
         dispatch.__enter__()
         self._modes.append(dispatch)
@@ -229,6 +232,9 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             for owner, name, original in reversed(self._patches):
                 setattr(owner, name, original)
             self._patches.clear()
+            if self._triton is not None:
+                uninstall_triton(self._triton)
+                self._triton = None
             self._pinned.clear()
             if self._ring is not None:
                 self._ring.clear()

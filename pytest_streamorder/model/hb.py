@@ -284,7 +284,7 @@ class HappensBefore:
                 race = self._check(agent, alloc, start, stop, None, None, is_write, op, site)
             else:
                 alloc, what, is_write = spec
-                pending = what if type(what) is Pending else None
+                pending = what if isinstance(what, Pending) else None
                 race = self._check(agent, alloc, what.start, what.stop,
                                    what.region if pending is not None else what, pending,
                                    is_write, op, site)
@@ -412,7 +412,9 @@ class HappensBefore:
             if meets(earlier.start, earlier.stop, earlier.region,
                      later.start, later.stop, later.region):
                 self._flagged.add(later.seq)
-                self._deferred.append(Race(earlier, later, alloc, facts))
+                race = Race(earlier, later, alloc, facts)
+                race.found_when = pending.found_when
+                self._deferred.append(race)
 
     def flush(self) -> None:
         """Report the races that resolve() found, naming this call as where (the

@@ -141,6 +141,9 @@ class Pending:
     when it could not be learnt)."""
 
     __slots__ = ("start", "stop", "region", "access", "exact", "resolved", "pairs")
+    # When its set becomes known, for a report of a race found then (a subclass may say
+    # otherwise, e.g. a Triton launch whose set is known once the kernel ran).
+    found_when = "the indexed op ran (the elements its index values name are known only then)"
 
     def __init__(self, start: int, stop: int, region=None):
         self.start, self.stop, self.region = start, stop, region  # the superset

@@ -19,7 +19,7 @@ class Race:
     str(race) is the full report (`format_race`); `race.explain()` its last line, the
     missing edge in words (`missing_edge`)."""
 
-    __slots__ = ("earlier", "later", "alloc", "facts", "found_at")
+    __slots__ = ("earlier", "later", "alloc", "facts", "found_at", "found_when")
 
     def __init__(self, earlier: Access, later: Access, alloc: Allocation, facts: tuple):
         self.earlier = earlier
@@ -29,6 +29,7 @@ class Race:
         # For a race found when an indexed op ran (its set known only then): the call
         # that reported it (a later launch, host access or sync). None: found at issue.
         self.found_at = None
+        self.found_when = ""  # then: when its set became known (Pending.found_when)
 
     def explain(self) -> str:
         return missing_edge(self)
@@ -134,7 +135,6 @@ def format_race(race: Race) -> str:
     lines += _access_block("earlier", first)
     lines += _access_block("later", second)
     if race.found_at is not None:
-        lines.append(f"  found: when the indexed op ran (the elements its index values name "
-                     f"are known only then); reported at {race.found_at.location()}")
+        lines.append(f"  found: when {race.found_when}; reported at {race.found_at.location()}")
     lines.append(f"  missing edge: {missing_edge(race)}")
     return "\n".join(lines)

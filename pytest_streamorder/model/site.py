@@ -17,9 +17,10 @@ def _internal_prefixes() -> tuple[str, ...]:
     # weakref.py: where a finalizer (our "free" event) runs, not where the user was.
     prefixes = [ours, os.path.abspath(weakref.__file__)]
     # torch's, the test runners' (pytest, unittest), Hypothesis' (a @given test runs
-    # inside it) and the thread machinery's frames are machinery too, when loaded.
+    # inside it), the thread machinery's and Triton's (a kernel launch) frames are
+    # machinery too, when loaded.
     for name in ("torch", "pluggy", "_pytest", "hypothesis", "unittest", "threading",
-                 "concurrent"):
+                 "concurrent", "triton"):
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None)
         if path:

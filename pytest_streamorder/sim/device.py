@@ -37,6 +37,7 @@ from .memory import CachingAllocator, poison_
 from .streams import VirtualStream
 from .runtime import active_device, current, set_active  # noqa: F401  (active_device: re-exported)
 from .tensor import DeviceTensor
+from .triton import install as install_triton, uninstall as uninstall_triton
 
 # Cycles per nanosecond assumed for torch.cuda._sleep: an H100's SM clock (1.98 GHz).
 SLEEP_CYCLES_PER_NS = 1.98
@@ -159,6 +160,7 @@ class VirtualDevice:
         self._thread = threading.local()  # .stream: the calling thread's current stream
         self._patches = None
         self._modes = None
+        self._triton = None  # sim/triton.py: Triton launches go to this device
         self._used = False
 
     @property
@@ -337,6 +339,7 @@ class VirtualDevice:
         self.active = True
         try:
             self._patches = install_cuda_module(self)
+            self._triton = install_triton(self)
             self._modes = enter_interception(self)
         except BaseException:
             self._teardown()
@@ -358,6 +361,9 @@ class VirtualDevice:
                 exit_interception(self._modes)
         finally:
             self._modes = None
+            if self._triton is not None:
+                uninstall_triton(self._triton)
+            self._triton = None
             if self._patches is not None:
                 uninstall_cuda_module(self._patches)
             self._patches = None
