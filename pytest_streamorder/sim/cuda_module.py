@@ -15,6 +15,7 @@ import torch
 from ..host_threads import locked
 from ..model import Site
 from .cuda_api import install as install_api
+from . import compiled, cuda_key
 from .cuda_net import refuse
 from .streams import VirtualEvent, VirtualStream
 from .threads import ensure_thread_mode
@@ -23,6 +24,8 @@ _MISSING = object()
 _API = object()  # the key of cuda_api's patches in what install() returns
 _SWAP = object()  # the key of torch.__future__'s module-conversion flag
 _NVML = object()  # the key of the virtual NVML's patches
+_KEY = object()  # the key of the CUDA dispatch key's fallback (cuda_key.py)
+_COMPILE = object()  # the key of torch.compile's patches (compiled.py)
 
 from .gpu_identity import DEFAULT_GPU
 from .nvml import VirtualNVML
@@ -157,10 +160,18 @@ def install(vd) -> dict:
     saved[_SWAP] = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
     saved[_NVML] = VirtualNVML(getattr(vd, "gpu", DEFAULT_GPU)).install()
+    saved[_KEY] = cuda_key.install()  # factories that C++ composites make by device
+    saved[_COMPILE] = compiled.install()  # compiled functions run eagerly
     return saved
 
 
 def uninstall(saved: dict) -> None:
+    undo = saved.pop(_COMPILE, None)
+    if undo is not None:
+        undo()
+    key = saved.pop(_KEY, None)
+    if key is not None:
+        cuda_key.uninstall(key)
     nvml = saved.pop(_NVML, None)
     if nvml is not None:
         nvml.undo()

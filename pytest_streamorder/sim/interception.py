@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import NotModelledError
 from ..host_threads import RUNTIME_LOCK
 from ..model import Site
+from ..ops.custom import refuse_without_cpu_kernel
 from ..ops.host import call_name, host_access_specs, pinned_operands
 from ..ops.ranges import contiguous_strides, extent, tensor_access
 from . import runtime
@@ -414,10 +415,22 @@ def dispatch(func, types, args, kwargs):
         out = func.decompose(*args, **kwargs)
         if out is not NotImplemented:
             return out
+    if handler is None and func not in _CHECKED:
+        _check_op(func)
     with RUNTIME_LOCK:
         if handler is not None:
             return handler(vd, func, args, kwargs)
         return issue(vd, func, args, kwargs, Site.here(2))
+
+
+_CHECKED: set = set()  # ops known to run on the virtual device
+
+
+def _check_op(func) -> None:
+    """A custom op (not aten's) runs here through its CPU kernel: refuse one without."""
+    if getattr(func, "namespace", "aten") != "aten":
+        refuse_without_cpu_kernel(func)
+    _CHECKED.add(func)
 
 
 _COMPOSITE: dict = {}
