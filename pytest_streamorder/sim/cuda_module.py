@@ -15,7 +15,7 @@ import torch
 from ..host_threads import locked
 from ..model import Site
 from .cuda_api import install as install_api
-from . import compiled, cuda_key
+from . import compiled, cuda_guard, cuda_key
 from .cuda_net import refuse
 from .streams import VirtualEvent, VirtualStream
 from .threads import ensure_thread_mode
@@ -28,6 +28,7 @@ _KEY = object()  # the key of the CUDA dispatch key's fallback (cuda_key.py)
 _COMPILE = object()  # the key of torch.compile's patches (compiled.py)
 
 from .gpu_identity import DEFAULT_GPU
+from .runtime import set_guard_missing
 from .nvml import VirtualNVML
 
 # CUDA APIs refused with a hint of their own. Every other torch.cuda API that is not
@@ -143,6 +144,13 @@ def _replacements(vd) -> dict:
 def install(vd) -> dict:
     """Patch torch.cuda; returns what to restore."""
     import torch._dynamo  # noqa: F401  (it indexes torch.cuda on import: not while patched)
+
+    # Autograd's C++ opens a CUDA device guard for a module whose parameters require
+    # grad: without the native guard a plain virtual_device() block would abort there.
+    # (A session built it already, before it changed torch.version.cuda.)
+    reason = cuda_guard.install()
+    if reason:
+        set_guard_missing(reason)
 
     saved = {}
     for name, value in _replacements(vd).items():
