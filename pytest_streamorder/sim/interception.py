@@ -361,6 +361,17 @@ def _untyped(name):
     return fail
 
 
+def _no_backward(name):
+    def fail(vd, func, args, kwargs):
+        if _has_device_tensor(args, kwargs):
+            raise NotModelledError(
+                f"backward ({name})", "a CPU build's autograd engine cannot run a backward "
+                "pass over CUDA tensors (it needs the CUDA accelerator to put each backward "
+                "op on its forward op's stream); forward passes with grad enabled are modelled")
+        return func(*args, **kwargs)
+    return fail
+
+
 FUNCTION_HANDLERS = {
     T.to: _to, T.cuda: _to,
     T.pin_memory: _pin_memory, T.is_pinned: _is_pinned,
@@ -371,7 +382,12 @@ FUNCTION_HANDLERS = {
     T.data_ptr: _data_ptr,
     T.untyped_storage: _storage, T.storage: _storage,
     T.__reduce_ex__: _reduce_ex,
-    T.backward: _untyped("autograd (Tensor.backward)"),
+    # Backward on a CPU build stops in the autograd engine's C++ ("Cannot access
+    # accelerator device when none is available": it asks for the CUDA accelerator to
+    # order each backward op after its forward stream), which no Python hook reaches.
+    T.backward: _no_backward("Tensor.backward"),
+    torch.autograd.backward: _no_backward("torch.autograd.backward"),
+    torch.autograd.grad: _no_backward("torch.autograd.grad"),
 }
 
 
