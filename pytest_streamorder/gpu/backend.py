@@ -37,6 +37,7 @@ import weakref
 
 import torch
 
+from .. import compiled
 from ..errors import StreamRaceError
 from ..host_threads import locked
 from ..model import HappensBefore, Race, Site
@@ -128,6 +129,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         self._cycles_per_ms = 0.0
         self._modes: list = []
         self._patches: list = []
+        self._undo_compile = None  # compiled.install()'s undo while active
         self._callbacks: list = []
         self._n_events = 0
 
@@ -209,6 +211,9 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         threads.start(self)
         self._install_callbacks()
         self._patch_torch()
+        # Compiled functions run eagerly, so their ops reach the dispatch mode (Inductor's
+        # kernels would launch unseen).
+        self._undo_compile = compiled.install()
         dispatch = DispatchMode(self)
         dispatch.__enter__()
         self._modes.append(dispatch)
@@ -226,6 +231,9 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         finally:
             threads.stop()
             self._remove_callbacks()
+            undo, self._undo_compile = self._undo_compile, None
+            if undo is not None:
+                undo()
             for owner, name, original in reversed(self._patches):
                 setattr(owner, name, original)
             self._patches.clear()

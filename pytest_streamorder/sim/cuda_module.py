@@ -15,7 +15,8 @@ import torch
 from ..host_threads import locked
 from ..model import Site
 from .cuda_api import install as install_api
-from . import compiled, cuda_guard, cuda_key
+from .. import compiled
+from . import cuda_guard, cuda_key
 from .cuda_net import refuse
 from .streams import VirtualEvent, VirtualStream
 from .threads import ensure_thread_mode

@@ -73,7 +73,7 @@ def test_dynamo_is_not_imported_until_something_compiles():
     code = textwrap.dedent("""
         import sys
         import torch
-        from pytest_streamorder.sim import compiled
+        from pytest_streamorder import compiled
         assert "torch._dynamo" not in sys.modules
         original = torch.compile
         undo = compiled.install()

@@ -1,7 +1,8 @@
-"""torch.compile on the virtual device: compiled functions run eagerly.
+"""torch.compile under either backend: compiled functions run eagerly.
 
-Dynamo cannot trace device tensors (wrapper subclasses with our dispatch), and Inductor's
-kernels would run outside the model. With `torch._dynamo.config.disable` set, every
+On the virtual device Dynamo cannot trace device tensors (wrapper subclasses with our
+dispatch); on a real GPU Inductor's Triton kernels launch outside the dispatcher, where
+the backend's dispatch mode never sees them. With `torch._dynamo.config.disable` set, every
 compiled function (decorated before or after the device was attached) calls its Python
 original, so each op it does is device work the model sees, on the current stream.
 `torch.compiler.is_compiling()` is therefore False inside them, as in eager mode.
