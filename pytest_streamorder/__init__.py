@@ -14,6 +14,9 @@ _LAZY = {
     "Schedule": "pytest_streamorder.scheduling",
     "POLICIES": "pytest_streamorder.scheduling",
     "parse_replay": "pytest_streamorder.scheduling",
+    # custom ops and extension stand-ins, for conftest.py (imports torch)
+    "custom_op": "pytest_streamorder.ops.custom",
+    "stand_in_module": "pytest_streamorder.ops.custom",
     # errors (torch-free)
     "StreamOrderError": "pytest_streamorder.errors",
     "StreamRaceError": "pytest_streamorder.errors",

@@ -37,6 +37,7 @@ import weakref
 
 import torch
 
+from .. import compiled
 from ..errors import StreamRaceError
 from ..host_threads import locked
 from ..model import HappensBefore, Race, Site
@@ -130,6 +131,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         self._modes: list = []
         self._patches: list = []
         self._triton = None  # triton.py's patches of Triton's launcher, while active
+        self._undo_compile = None  # compiled.install()'s undo while active
         self._callbacks: list = []
         self._n_events = 0
 
@@ -212,6 +214,9 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         self._install_callbacks()
         self._patch_torch()
         self._triton = install_triton(self)  # Triton launches: triton.py
+        # Compiled functions run eagerly, so their ops reach the dispatch mode (Inductor's
+        # kernels would launch unseen).
+        self._undo_compile = compiled.install()
         dispatch = DispatchMode(self)
         dispatch.__enter__()
         self._modes.append(dispatch)
@@ -229,6 +234,9 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         finally:
             threads.stop()
             self._remove_callbacks()
+            undo, self._undo_compile = self._undo_compile, None
+            if undo is not None:
+                undo()
             for owner, name, original in reversed(self._patches):
                 setattr(owner, name, original)
             self._patches.clear()

@@ -32,9 +32,9 @@ class OpInfo:
 
     def __init__(self, func):
         schema = func._schema
-        short = schema.name.split("::")[-1]
+        ns, short = schema.name.split("::")
         self.func = func
-        self.name = f"aten.{short}" + (f".{schema.overload_name}" if schema.overload_name else "")
+        self.name = f"{ns}.{short}" + (f".{schema.overload_name}" if schema.overload_name else "")
         self.arg_names = [a.name for a in schema.arguments]
         # (position, name, is_write, is_list) per tensor-typed argument
         self.args: list[tuple[int, str, bool, bool]] = []

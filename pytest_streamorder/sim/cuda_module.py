@@ -15,6 +15,8 @@ import torch
 from ..host_threads import locked
 from ..model import Site
 from .cuda_api import install as install_api
+from .. import compiled
+from . import cuda_guard, cuda_key
 from .cuda_net import refuse
 from . import graphs
 from .streams import VirtualEvent, VirtualStream
@@ -24,8 +26,11 @@ _MISSING = object()
 _API = object()  # the key of cuda_api's patches in what install() returns
 _SWAP = object()  # the key of torch.__future__'s module-conversion flag
 _NVML = object()  # the key of the virtual NVML's patches
+_KEY = object()  # the key of the CUDA dispatch key's fallback (cuda_key.py)
+_COMPILE = object()  # the key of torch.compile's patches (compiled.py)
 
 from .gpu_identity import DEFAULT_GPU
+from .runtime import set_guard_missing
 from .nvml import VirtualNVML
 
 # CUDA APIs refused with a hint of their own. Every other torch.cuda API that is not
@@ -144,6 +149,13 @@ def install(vd) -> dict:
     """Patch torch.cuda; returns what to restore."""
     import torch._dynamo  # noqa: F401  (it indexes torch.cuda on import: not while patched)
 
+    # Autograd's C++ opens a CUDA device guard for a module whose parameters require
+    # grad: without the native guard a plain virtual_device() block would abort there.
+    # (A session built it already, before it changed torch.version.cuda.)
+    reason = cuda_guard.install()
+    if reason:
+        set_guard_missing(reason)
+
     saved = {}
     for name, value in _replacements(vd).items():
         saved[name] = getattr(torch.cuda, name, _MISSING)
@@ -160,10 +172,18 @@ def install(vd) -> dict:
     saved[_SWAP] = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
     saved[_NVML] = VirtualNVML(getattr(vd, "gpu", DEFAULT_GPU)).install()
+    saved[_KEY] = cuda_key.install()  # factories that C++ composites make by device
+    saved[_COMPILE] = compiled.install()  # compiled functions run eagerly
     return saved
 
 
 def uninstall(saved: dict) -> None:
+    undo = saved.pop(_COMPILE, None)
+    if undo is not None:
+        undo()
+    key = saved.pop(_KEY, None)
+    if key is not None:
+        cuda_key.uninstall(key)
     nvml = saved.pop(_NVML, None)
     if nvml is not None:
         nvml.undo()

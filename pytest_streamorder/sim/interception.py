@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import NotModelledError
 from ..host_threads import RUNTIME_LOCK
 from ..model import Site
+from ..ops.custom import refuse_without_cpu_kernel
 from ..ops.host import call_name, host_access_specs, pinned_operands
 from ..ops.ranges import contiguous_strides, extent, tensor_access
 from . import runtime
@@ -363,6 +364,17 @@ def _untyped(name):
     return fail
 
 
+def _no_backward(name):
+    def fail(vd, func, args, kwargs):
+        if _has_device_tensor(args, kwargs):
+            raise NotModelledError(
+                f"backward ({name})", "a CPU build's autograd engine cannot run a backward "
+                "pass over CUDA tensors (it needs the CUDA accelerator to put each backward "
+                "op on its forward op's stream); forward passes with grad enabled are modelled")
+        return func(*args, **kwargs)
+    return fail
+
+
 FUNCTION_HANDLERS = {
     T.to: _to, T.cuda: _to,
     T.pin_memory: _pin_memory, T.is_pinned: _is_pinned,
@@ -373,7 +385,12 @@ FUNCTION_HANDLERS = {
     T.data_ptr: _data_ptr,
     T.untyped_storage: _storage, T.storage: _storage,
     T.__reduce_ex__: _reduce_ex,
-    T.backward: _untyped("autograd (Tensor.backward)"),
+    # Backward on a CPU build stops in the autograd engine's C++ ("Cannot access
+    # accelerator device when none is available": it asks for the CUDA accelerator to
+    # order each backward op after its forward stream), which no Python hook reaches.
+    T.backward: _no_backward("Tensor.backward"),
+    torch.autograd.backward: _no_backward("torch.autograd.backward"),
+    torch.autograd.grad: _no_backward("torch.autograd.grad"),
 }
 
 
@@ -417,10 +434,22 @@ def dispatch(func, types, args, kwargs):
         out = func.decompose(*args, **kwargs)
         if out is not NotImplemented:
             return out
+    if handler is None and func not in _CHECKED:
+        _check_op(func)
     with RUNTIME_LOCK:
         if handler is not None:
             return handler(vd, func, args, kwargs)
         return issue(vd, func, args, kwargs, Site.here(2))
+
+
+_CHECKED: set = set()  # ops known to run on the virtual device
+
+
+def _check_op(func) -> None:
+    """A custom op (not aten's) runs here through its CPU kernel: refuse one without."""
+    if getattr(func, "namespace", "aten") != "aten":
+        refuse_without_cpu_kernel(func)
+    _CHECKED.add(func)
 
 
 _COMPOSITE: dict = {}

@@ -21,6 +21,8 @@ PROGRAM = textwrap.dedent("""
     if sys.argv[1] == "guard":
         reason = cuda_guard.install()
         assert reason == "", reason
+    elif sys.argv[1] == "none":  # virtual_device() builds the guard itself: say it is there
+        cuda_guard._status = ""
     with so.virtual_device(seed=0, policy="eager"):
         x = torch.randn(2, 4, device="cuda")
         model = torch.nn.Linear(4, 4).to("cuda")
@@ -51,6 +53,13 @@ def test_with_the_guard_the_process_survives():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "terminate called" not in result.stderr
     assert "process still alive" in result.stdout
+
+
+def test_a_plain_virtual_device_builds_the_guard_itself():
+    """No explicit install: virtual_device() builds it, so a grad-enabled forward works."""
+    result = _run("plain")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "python error" not in result.stdout and "process still alive" in result.stdout
 
 
 def test_install_is_idempotent():

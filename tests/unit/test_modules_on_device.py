@@ -1,7 +1,7 @@
 """nn.Module.to("cuda") / .cuda() on the virtual device: parameters and buffers become
 virtual CUDA tensors, a forward pass is device work on the current stream (values equal
 the CPU's), and a module's forward on a side stream races like any other kernel.
-(Autograd through device tensors is issue 14's; these run under no_grad.)"""
+Forward passes with grad enabled are modelled; a backward pass is refused by name."""
 
 import pytest
 import torch
@@ -77,3 +77,80 @@ def test_under_inference_mode_to_cpu_is_a_copy_and_races_are_found(mode):
             z = torch.ones(4).cuda() * 2
             assert z.to("cpu").tolist() == [2.0] * 4
     assert vd.races == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_and_bfloat16_modules_compute_what_the_cpu_does(dtype):
+    x = torch.randn(3, 8)
+    cpu_model = _model().to(dtype)
+    with torch.no_grad():
+        expected = cpu_model(x.to(dtype))
+    with so.virtual_device(policy="random", seed=4):
+        model = _model().cuda()
+        model = model.half() if dtype is torch.float16 else model.bfloat16()
+        assert all(p.dtype is dtype and isinstance(p, DeviceTensor) for p in model.parameters())
+        with torch.no_grad():
+            out = model(x.to(dtype).cuda()).cpu()
+    assert out.dtype is dtype
+    torch.testing.assert_close(out, expected)
+
+
+def test_state_dict_round_trips_between_host_and_device():
+    """save a device module's state, load it into a CPU module, and load CPU tensors into
+    a device module: values survive, device parameters stay device tensors, and a module's
+    buffers (BatchNorm's running stats) are device tensors too."""
+    import io
+
+    torch.manual_seed(3)
+    source = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval()
+    for p in source.parameters():
+        torch.nn.init.normal_(p)
+    with torch.no_grad():
+        source[1].running_mean.add_(torch.randn(4))
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        expected = source(x)
+    with so.virtual_device(policy="lazy") as vd:
+        target = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval().cuda()
+        target.load_state_dict(source.state_dict())       # CPU tensors into a device module
+        assert all(isinstance(b, DeviceTensor) for b in target.buffers())
+        assert all(isinstance(p, DeviceTensor) for p in target.parameters())
+        with torch.no_grad():
+            got = target(x.cuda()).cpu()
+        buffer = io.BytesIO()
+        torch.save(target.state_dict(), buffer)           # device tensors saved
+        buffer.seek(0)
+        loaded = torch.load(buffer, map_location="cpu")
+    assert vd.races == []
+    torch.testing.assert_close(got, expected)
+    roundtrip = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval()
+    roundtrip.load_state_dict(loaded)
+    with torch.no_grad():
+        torch.testing.assert_close(roundtrip(x), expected)
+
+
+def test_a_forward_with_grad_enabled_matches_the_cpu_and_builds_a_graph():
+    x = torch.randn(3, 8)
+    expected = _model()(x)
+    with so.virtual_device(policy="random", seed=1):
+        out = _model().cuda()(x.cuda())
+        assert out.requires_grad and out.grad_fn is not None
+        got = out.detach().cpu()
+    torch.testing.assert_close(got, expected.detach())
+
+
+@pytest.mark.parametrize("how", ["Tensor.backward", "torch.autograd.backward",
+                                 "torch.autograd.grad"])
+def test_a_backward_pass_fails_by_name(how):
+    """A CPU build's autograd engine stops at its accelerator check ("Cannot access
+    accelerator device when none is available"): refused by name, before it starts."""
+    with so.virtual_device(policy="lazy"):
+        model = _model().cuda()
+        loss = model(torch.randn(3, 8).cuda()).sum()
+        with pytest.raises(so.NotModelledError, match=rf"backward \({how}\).*CPU build's autograd"):
+            if how == "Tensor.backward":
+                loss.backward()
+            elif how == "torch.autograd.backward":
+                torch.autograd.backward([loss])
+            else:
+                torch.autograd.grad(loss, list(model.parameters()))

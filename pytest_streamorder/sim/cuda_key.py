@@ -1,0 +1,75 @@
+"""The CUDA dispatch key of a CPU build, while the virtual device is attached.
+
+Device tensors reach the virtual device through their __torch_dispatch__. What does not:
+tensors that C++ composites create *by device* with no tensor argument to dispatch on,
+such as the Python scalar of `torch.where(mask, t, 0.0)` (wrapped as a 0-dim tensor on
+t's device) or the causal mask of `F.scaled_dot_product_attention(..., is_causal=True)`.
+Those factories go straight to the CUDA backend key, where a CPU build has no kernel
+("Could not run 'aten::empty.memory_format' with arguments from the 'CUDA' backend").
+
+A backend fallback for the CUDA key (one Python function for every op without a CUDA
+kernel, which on a CPU build is every op) catches them: a factory becomes device memory
+on the current stream, as on CUDA; anything else is refused by name.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import NotModelledError
+from ..host_threads import RUNTIME_LOCK
+from ..model import Site
+from ..ops.catalog import EMPTY_OPS
+from .generators import draw_seed
+from .interception import upload
+from .runtime import current
+
+def _takes_no_tensor(op, args, kwargs) -> bool:
+    return not any(isinstance(v, torch.Tensor) for v in (*args, *kwargs.values()))
+
+
+def _fallback(op, *args, **kwargs):
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    vd = current()
+    if vd is None or not vd.active:
+        raise NotImplementedError(f"Could not run '{op}' with arguments from the 'CUDA' backend "
+                                  f"(a CPU build of torch, and no virtual device is active)")
+    if not _takes_no_tensor(op, args, kwargs):
+        # A CUDA-keyed tensor that is not the virtual device's (made by C++ behind our
+        # back): running it would be a silent wrong path.
+        raise NotModelledError(f"{op} on a CUDA tensor the virtual device did not make")
+    with RUNTIME_LOCK:
+        return _factory(vd, op, args, kwargs, Site.here(2))
+
+
+def _factory(vd, op, args, kwargs, site: Site):
+    """A factory by device: computed on the host now, then device work on the current
+    stream that writes the fresh memory (uninitialised memory: no work)."""
+    kw = dict(kwargs, device=torch.device("cpu"))
+    kw.pop("pin_memory", None)
+    seeded = torch.Tag.nondeterministic_seeded in op.tags
+    if seeded:  # drawn from the device's CUDA generator, as the op would on CUDA
+        seed = draw_seed(vd, kw)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            value = op(*args, **kw)
+    else:
+        value = op(*args, **kw)
+    name = str(op)
+    out = vd.new_tensor(tuple(value.shape), value.stride(), value.storage_offset(), value.dtype,
+                        None, site, name)
+    if op in EMPTY_OPS:
+        return out
+    upload(vd, out, value, site, name, blocking=False, snapshot=False)
+    return out
+
+
+def install():
+    """Register the fallback; returns the handle uninstall() takes."""
+    lib = torch.library.Library("_", "IMPL")
+    lib.fallback(_fallback, "CUDA")
+    return lib
+
+
+def uninstall(lib) -> None:
+    lib._destroy()
