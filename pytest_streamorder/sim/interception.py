@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import NotModelledError
 from ..host_threads import RUNTIME_LOCK
 from ..model import Site
-from ..ops.host import call_name, host_access_specs, pinned_operands
+from ..ops.host import call_name, host_access_specs, host_result, pinned_operands
 from ..ops.ranges import contiguous_strides, extent, tensor_access
 from . import runtime
 from .issue import Ref, _access, issue, output_layouts
@@ -315,6 +315,9 @@ def _numpy(vd, func, args, kwargs):
     if isinstance(self, DeviceTensor):
         raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() "
                         "to copy the tensor to host memory first.")
+    if func is T.numpy and vd.pinned_alloc(self) is not None:
+        # A view, not a read: accesses through it are reported (ops/numpy_views.py).
+        return host_result(func, func(*args, **kwargs), args)
     vd.host_read(self, "Tensor.numpy", Site.here(2))
     return func(*args, **kwargs)
 
