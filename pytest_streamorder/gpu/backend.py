@@ -53,7 +53,7 @@ from .device_op import DeviceOps
 from .index_ring import process_ring
 from .memory import DeviceMemory
 from .modes import DispatchMode, FunctionMode
-from .pinned import PinnedBlocks
+from .pinned import PinnedBlocks, UploadWatches
 from .patches import TorchPatches
 from .streams import StreamsAndEvents
 from . import threads
@@ -121,6 +121,9 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         self._stream_names: dict = {}  # cudaStream_t -> name from the creating line
         self._live: dict = {}  # device storage address -> Allocation
         self._pinned = PinnedBlocks(on_free=self._pinned_freed)  # not kept alive
+        # H2D sources compared at the host sync that covers them: host writes from C code
+        self._uploads = UploadWatches()
+        self.hb.on_host_sync = lambda: self._uploads.host_synced(self.hb)
         self._in_op = False
         self._pending: list | None = None  # trace callbacks seen while an op ran
         self._synced_in_op = False
@@ -230,6 +233,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
                 setattr(owner, name, original)
             self._patches.clear()
             self._pinned.clear()
+            self._uploads.clear()
             if self._ring is not None:
                 self._ring.clear()
             if _active is self:

@@ -24,7 +24,7 @@ from . import runtime
 from .issue import Ref, _access, issue, output_layouts
 from . import threads
 from .generators import check_generator_arg, cuda_generator_arg
-from .pinned_allocator import host_allocator, pinned_like
+from .pinned_allocator import download_queued, pinned_like, upload_queued
 from .runtime import active_device, current
 from .storage import VirtualTypedStorage, VirtualUntypedStorage, reduce_device_tensor, saving
 from .streams import VirtualStream
@@ -215,8 +215,8 @@ def upload(vd, dst: DeviceTensor, src: torch.Tensor, site: Site, name: str,
         vd.host_read(src, name, site)
         host_src = src.detach().clone() if snapshot else src
     vd.launch(name, accesses, site, lambda: _copy_into(dst_ref.view(), host_src))
-    if pinned is not None and not blocking:  # the pinned block is not reused before it ran
-        host_allocator(vd).record_copy(src, vd.current_stream.queue)
+    if pinned is not None and not blocking:  # the block waits for it; its source is watched
+        upload_queued(vd, src, pinned, site, name)
     if blocking:
         vd.sync_stream(vd.current_stream)
 
@@ -237,8 +237,8 @@ def download(vd, dst: torch.Tensor, src: DeviceTensor, site: Site, name: str,
     if pinned is not None:
         accesses.append(tensor_access(pinned, dst, True))
     vd.launch(name, accesses, site, lambda: _copy_into(dst, src_ref.view()))
-    if pinned is not None and non_blocking:  # the pinned block is not reused before it ran
-        host_allocator(vd).record_copy(dst, vd.current_stream.queue)
+    if pinned is not None:  # the block waits for it; dst is poison until it ran
+        download_queued(vd, dst)
     if pinned is None or not non_blocking:
         vd.sync_stream(vd.current_stream)
     return dst
