@@ -247,7 +247,7 @@ class PinnedArray(np.ndarray):
 
     def __array_function__(self, func, types, args, kwargs):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        writes = _WRITERS.get(func)
+        writes = func in _WRITERS
         accesses = []
         viewed = []  # origins of the arguments, to recognise a view among the results
         for i, x in enumerate(_flat(args)):
@@ -255,8 +255,8 @@ class PinnedArray(np.ndarray):
             if origin is None:
                 continue
             viewed.append(origin)
-            if i == 0 and writes is not None:
-                accesses.append((origin, _written(origin, x, func, writes, args, kwargs), True))
+            if i == 0 and writes:
+                accesses.append((origin, _written(origin, x, func, args, kwargs), True))
             elif i == 0 and func in _SELECTS:
                 picked = func(offsets(origin, x), *args[1:], **kwargs)
                 accesses.append((origin, offsets_set(picked, x.itemsize), False))
@@ -328,9 +328,10 @@ def _rewrap(result, origins: list):
     return result, views
 
 
-def _written(origin: Origin, a: np.ndarray, func, value_at, args, kwargs) -> tuple:
+def _written(origin: Origin, a: np.ndarray, func, args, kwargs) -> tuple:
     """The elements a writer function writes in its first argument: the same call on a
     boolean array, writing True, marks them."""
+    value_at = _WRITERS[func]
     if value_at is None:  # np.copyto(dst, src, casting, where): all, or where=
         where = kwargs.get("where", args[3] if len(args) > 3 else True)
         return _masked(origin, a, where, a.shape)

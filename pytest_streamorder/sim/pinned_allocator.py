@@ -161,7 +161,7 @@ def upload_queued(vd, src: torch.Tensor, alloc, site: Site, op: str) -> None:
             changed = snapshot.changed()
             if changed is not None:
                 race = unseen_write_race(vd.hb, alloc, agent, count, op, read_set, changed,
-                                         site, Site.here(1), "when the copy ran")
+                                         site, Site.here(1, 40), "when the copy ran")
                 if race is not None:
                     vd.hb.defer(race)  # raised at the host's next launch, access or sync
         run()
