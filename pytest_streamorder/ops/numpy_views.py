@@ -208,8 +208,13 @@ class PinnedArray(np.ndarray):
         origin = self._so_origin
         out = np.ndarray.item(self, *args)
         if origin is not None:
-            at = int(offsets(origin, self).item(*args))
-            origin.report("numpy item", [(at, at + self.itemsize, None, False)])
+            if not args:  # the one element
+                s = elements(origin, self)
+            elif len(args) == 1 and not isinstance(args[0], tuple):  # a flat index
+                s = key_set(origin, self, np.unravel_index(int(args[0]) % self.size, self.shape))
+            else:
+                s = key_set(origin, self, tuple(args[0] if len(args) == 1 else args))
+            origin.report("numpy item", [(*s, False)])
         return out
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -337,7 +342,7 @@ def _written(origin: Origin, a: np.ndarray, func, args, kwargs) -> tuple:
         return _masked(origin, a, where, a.shape)
     pos, name = value_at
     rest = list(args[1:])
-    kw = dict(kwargs)
+    kw = {k: _plain(v) for k, v in kwargs.items()}
     if name in kw:
         kw[name] = True
     elif len(args) > pos:

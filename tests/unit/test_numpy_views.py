@@ -246,3 +246,20 @@ def test_raised_by_default_at_the_users_line():
         torch.cuda.synchronize()
     assert "numpy write a[key] = ..." in str(info.value)
     assert f"test_numpy_views.py:{_line('view[:2] = 0')}" in str(info.value)
+
+
+@pytest.mark.parametrize("args, element", [((), None), ((5,), 5), ((-1,), 7), ((1, 1), 5),
+                                           (((0, 3),), 3)])
+def test_item_reads_exactly_the_element_it_names(args, element):
+    """item() reads one element: a flat index, a negative one, or a tuple, exactly."""
+    def program():
+        cpu, view, gpu, side = _d2h_pending()
+        target = view[:1] if not args else (view.reshape(2, 4) if len(args) == 2 or
+                                            isinstance(args[0], tuple) else view)
+        target.item(*args)
+        return cpu
+
+    vd, _ = _run(program)
+    assert len(vd.races) == 1
+    want = 0 if element is None else element
+    assert (vd.races[0].later.start, vd.races[0].later.stop) == (4 * want, 4 * want + 4)
