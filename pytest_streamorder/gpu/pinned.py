@@ -111,6 +111,7 @@ class UploadWatches:
     def __init__(self):
         self._watches: list = []  # (snapshot, weak ref, alloc, agent, count, op, site)
         self._writes: dict = {}  # id(alloc) -> (alloc, agent, count): latest device write
+        self._prune_at = 256  # drop completed writes when the table grows past this
 
     def __len__(self) -> int:
         return len(self._watches)
@@ -124,6 +125,10 @@ class UploadWatches:
             if write:
                 self._writes[id(alloc)] = (alloc, agent, count)
                 self._drop([w for w in self._watches if w[2] is alloc])
+                if len(self._writes) > self._prune_at:  # amortised O(1) per write
+                    self._writes = {k: e for k, e in self._writes.items()
+                                    if e[2] > _known(hb, e[1])}
+                    self._prune_at = max(256, 2 * len(self._writes))
             elif queued and not self._device_write_pending(hb, alloc):
                 storage = t.untyped_storage()
                 snapshot = SourceSnapshot(storage.data_ptr(), *read_set, t.element_size())

@@ -258,3 +258,18 @@ def test_plugin_reports_a_c_refill_of_the_staging_before_its_copy_ran(pytester):
         "*found: when the copy ran (at test_staging.py:*), its source no longer held the "
         "bytes it had at issue (at test_staging.py:9 in _step)*",
     ])
+
+
+def test_gpu_upload_watches_forget_completed_device_writes():
+    """Many pinned D2H targets in one run: completed writes do not pile up."""
+    hb = HappensBefore()
+    watches = UploadWatches()
+    side = hb.new_stream("side")
+    t = torch.zeros(4, dtype=I32)
+    for i in range(2000):
+        alloc = hb.allocate(16, f"'out{i}'", space="host")
+        hb.launch(side, "aten.copy_", [(alloc, 0, 16, True)])
+        watches.launched(hb, side, [(t, alloc, (0, 16, None), True)], "aten.copy_", None,
+                         queued=False)
+        hb.sync_stream(side)
+    assert len(watches._writes) <= 512
