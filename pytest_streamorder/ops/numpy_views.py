@@ -263,7 +263,8 @@ class PinnedArray(np.ndarray):
             if i == 0 and writes:
                 accesses.append((origin, _written(origin, x, func, args, kwargs), True))
             elif i == 0 and func in _SELECTS:
-                picked = func(offsets(origin, x), *args[1:], **kwargs)
+                probe = {k: _unwrap(v) for k, v in kwargs.items() if k != "out"}
+                picked = func(offsets(origin, x), *(_unwrap(a) for a in args[1:]), **probe)
                 accesses.append((origin, offsets_set(picked, x.itemsize), False))
             else:
                 accesses.append((origin, elements(origin, x), False))

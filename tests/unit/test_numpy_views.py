@@ -263,3 +263,25 @@ def test_item_reads_exactly_the_element_it_names(args, element):
     assert len(vd.races) == 1
     want = 0 if element is None else element
     assert (vd.races[0].later.start, vd.races[0].later.stop) == (4 * want, 4 * want + 4)
+
+
+def test_selecting_functions_read_only_the_elements_they_select():
+    """np.take / compress of elements the pending D2H does not write: silent; out= of a
+    plain array is written with the values, not with offsets."""
+    def program():
+        gpu = torch.arange(8, dtype=I32, device="cuda")
+        cpu = torch.full((8,), 5, dtype=I32, pin_memory=True)
+        view = cpu.numpy()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(1_000_000)
+            cpu[4:].copy_(gpu[4:], non_blocking=True)
+        out = np.zeros(2, dtype=np.int32)
+        np.take(view, [0, 3], out=out)
+        kept = view.compress([True, False, True])
+        return out.tolist(), kept.tolist()
+
+    vd, (taken, kept) = _run(program)
+    assert not vd.races, [str(r) for r in vd.races]
+    assert taken == [5, 5] and kept == [5, 5]
