@@ -15,6 +15,7 @@ import pytest_streamorder as so  # noqa: E402
 from pytest_streamorder.ops.numpy_views import PinnedArray  # noqa: E402
 
 I32 = torch.int32
+pytest_plugins = ["pytester"]
 
 
 def _line(marker: str) -> int:
@@ -285,3 +286,52 @@ def test_selecting_functions_read_only_the_elements_they_select():
     vd, (taken, kept) = _run(program)
     assert not vd.races, [str(r) for r in vd.races]
     assert taken == [5, 5] and kept == [5, 5]
+
+
+CPU_GPU_BUFFER = """
+import torch
+
+class CpuGpuBuffer:  # vLLM's: the host fills .np, copy_to_gpu() queues the H2D copy
+    def __init__(self, n):
+        self.cpu = torch.zeros(n, dtype=torch.int32, pin_memory=True)
+        self.np = self.cpu.numpy()
+        self.gpu = torch.zeros(n, dtype=torch.int32, device="cuda")
+        torch.cuda.synchronize()
+
+    def copy_to_gpu(self, n):
+        return self.gpu[:n].copy_(self.cpu[:n], non_blocking=True)
+
+def _steps(buf, wait):
+    done = torch.cuda.Event()
+    totals = []
+    for step in range(3):
+        if wait:
+            done.synchronize()
+        buf.np[:4] = step + 1
+        totals.append(buf.copy_to_gpu(4).sum())
+        done.record()
+    torch.cuda.synchronize()
+    return [t.item() for t in totals]
+
+def test_refill_waits_for_the_copy():
+    assert _steps(CpuGpuBuffer(8), wait=True) == [4, 8, 12]
+
+def test_refill_before_the_copy_ran():
+    _steps(CpuGpuBuffer(8), wait=False)
+"""
+
+
+def test_plugin_reports_a_numpy_refill_before_the_copy_ran(pytester):
+    pytester.makepyfile(test_buffer=CPU_GPU_BUFFER)
+    result = pytester.runpytest("--streamorder", "-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*test_refill_before_the_copy_ran*",
+        "*StreamRaceError: stream-order race on 'cpu' (int32[[]8]): write by the host is "
+        "unordered with an earlier read by stream 'default'*",
+        "*earlier: read by stream 'default' in H2D copy_, bytes [[]0, 16)*",
+        "*at test_buffer.py:11 in copy_to_gpu*",
+        "*later: write by the host in numpy write a[[]key] = ..., bytes [[]0, 16)*",
+        "*at test_buffer.py:19 in _steps*",
+        "*missing edge: the host overwrote memory that H2D copy_ on 'default'*",
+    ])
