@@ -44,7 +44,7 @@ from ..model import HappensBefore, Race, Site
 from ..backend import activate, deactivate
 from ..backend import active_backend as running_backend  # either backend, or None
 from ..ops.frames import user_frames
-from ..ops.host import call_name, host_access_specs
+from ..ops.host import call_name, host_access_specs, host_result
 from ..ops.limit import OpCounter
 from ..ops.ranges import access_spec, tensor_access, tensor_set
 from .calibration import cycles_per_ms, warm_up_streams
@@ -54,7 +54,7 @@ from .device_op import DeviceOps
 from .index_ring import process_ring
 from .memory import DeviceMemory
 from .modes import DispatchMode, FunctionMode
-from .pinned import PinnedBlocks
+from .pinned import PinnedBlocks, UploadWatches
 from .patches import TorchPatches
 from .streams import StreamsAndEvents
 from . import threads
@@ -123,6 +123,9 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
         self._stream_names: dict = {}  # cudaStream_t -> name from the creating line
         self._live: dict = {}  # device storage address -> Allocation
         self._pinned = PinnedBlocks(on_free=self._pinned_freed)  # not kept alive
+        # H2D sources compared at the host sync that covers them: host writes from C code
+        self._uploads = UploadWatches()
+        self.hb.on_host_sync = lambda: self._uploads.host_synced(self.hb)
         self._in_op = False
         self._pending: list | None = None  # trace callbacks seen while an op ran
         self._synced_in_op = False
@@ -244,6 +247,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
                 uninstall_triton(self._triton)
                 self._triton = None
             self._pinned.clear()
+            self._uploads.clear()
             if self._ring is not None:
                 self._ring.clear()
             if _active is self:
@@ -278,7 +282,7 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
             if self._ring is not None:
                 self._harvest()
             self.hb.host_access(f"host {call_name(func)}", specs, Site.here(2, self.depth))
-        return out
+        return host_result(func, out, args)
 
     @locked
     def host_access(self, t: torch.Tensor, is_write: bool, op: str, site: Site | None = None) -> None:
@@ -291,6 +295,17 @@ class CudaBackend(StreamsAndEvents, DeviceMemory, DeviceOps, TraceCallbacks, Tor
                 self._harvest()
             self.hb.host_access(op, [tensor_access(alloc, t, is_write)],
                                 site or Site.here(1, self.depth))
+
+    @locked
+    def host_access_sets(self, t: torch.Tensor, op: str, sets, site: Site) -> None:
+        """The host accessed byte sets [(start, stop, region, is_write)] of pinned tensor
+        t's storage (through a NumPy view: ops/numpy_views.py)."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        alloc = self._pinned.lookup(t) if self.active else None
+        if alloc is not None and not alloc.freed:
+            if self._ring is not None:
+                self._harvest()
+            self.hb.host_access(op, [access_spec(alloc, *s) for s in sets], site)
 
     @locked
     def name_stream(self, stream, name: str) -> None:

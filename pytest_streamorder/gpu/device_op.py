@@ -61,6 +61,7 @@ class DeviceOps:
             return out  # it was a view this time: no device work
 
         accesses = []
+        pinned = []  # (tensor, alloc, set, is_write) of pinned host memory: UploadWatches
         sync_after = info.syncs_with(args, kwargs)
         bases = set()
         cpu_involved = False
@@ -87,6 +88,7 @@ class DeviceOps:
                     start, stop, region = tensor_set(t)
                     if start < stop:
                         accesses.append(access_spec(palloc, start, stop, region, write))
+                        pinned.append((t, palloc, (start, stop, region), write))
                 elif write:
                     sync_after = True  # a D2H copy into pageable memory: synchronous
         undeclared_views = 0
@@ -118,6 +120,7 @@ class DeviceOps:
                     palloc = self._pinned_of(o, site) if o.numel() > 0 else None
                     if palloc is not None:
                         accesses.append(access_spec(palloc, *tensor_set(o), True))
+                        pinned.append((o, palloc, tensor_set(o), True))
                     else:
                         sync_after = True
         if info.is_copy and cpu_involved and not _non_blocking(func, args, kwargs):
@@ -138,6 +141,8 @@ class DeviceOps:
             for fn, fargs in pending:
                 fn(*fargs)
         self.hb.launch(agent, info.name, accesses, site)
+        if pinned:  # an async read of pinned memory is watched until a sync covers it
+            self._uploads.launched(self.hb, agent, pinned, info.name, site, queued=not sync_after)
         if index_access is not None:
             self._stage_indices(ix, index_access, agent, args, kwargs,
                                 synced=sync_after or self._synced_in_op)

@@ -87,6 +87,9 @@ class HappensBefore:
         # Report deferred races from the sync methods too (the GPU backend turns it off:
         # its syncs arrive in trace callbacks, inside C++, where an exception is lost).
         self.flush_on_sync = True
+        # Called after each host sync, before any flush: the GPU backend compares the
+        # sources of the H2D copies the sync covers with their bytes at issue.
+        self.on_host_sync: Callable[[], None] | None = None
 
     # --- agents and events --------------------------------------------------------
 
@@ -183,6 +186,8 @@ class HappensBefore:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         _check_stream(stream)
         join_into(self.host.clock, stream.clock)
+        if self.on_host_sync is not None:
+            self.on_host_sync()
         if self._deferred and self.flush_on_sync:
             self.flush()
 
@@ -191,6 +196,8 @@ class HappensBefore:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if event.capture is not None:
             join_into(self.host.clock, event.capture)
+            if self.on_host_sync is not None:
+                self.on_host_sync()
         if self._deferred and self.flush_on_sync:
             self.flush()
 
@@ -199,6 +206,8 @@ class HappensBefore:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         for stream in self.streams():
             join_into(self.host.clock, stream.clock)
+        if self.on_host_sync is not None:
+            self.on_host_sync()
         if self._deferred and self.flush_on_sync:
             self.flush()
 
@@ -415,6 +424,11 @@ class HappensBefore:
                 race = Race(earlier, later, alloc, facts)
                 race.found_when = pending.found_when
                 self._deferred.append(race)
+
+    def defer(self, race: Race) -> None:
+        """A race found where raising is not possible (while a stream runs an op, in a
+        trace callback): reported by the next flush(), like a resolved pending race."""
+        self._deferred.append(race)
 
     def flush(self) -> None:
         """Report the races that resolve() found, naming this call as where (the

@@ -12,6 +12,9 @@ path sees it.
 Each access is the exact set of elements touched (`host_access_specs`): a view's
 elements, and for `pinned[key] = v` / `pinned[key]` with an index tensor, list or mask,
 the elements the key names (its values are on the host already).
+
+`pinned.numpy()` is a view too: it hands back a NumPy view that reports the accesses
+made through it (`host_result`, ops/numpy_views.py).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def host_accesses(func, hits, out) -> list[tuple[torch.Tensor, object, bool]]:
         return []
     if isinstance(out, T) and out.is_cuda:
         return []  # an upload (pinned.cuda(), .to("cuda")): the device path saw the copy
+    if name == "numpy":
+        return []  # a view: accesses through it are reported by it (host_result)
     writes_self = writes_first_argument(name)
     views = _storages(out)
     accesses = []
@@ -112,3 +117,13 @@ def host_access_specs(func, hits, out, args) -> list[tuple]:
         else:
             specs.append(tensor_access(alloc, t, is_write))
     return specs
+
+
+def host_result(func, out, args):
+    """What a host call on pinned tensors hands back: `Tensor.numpy()` of a pinned tensor
+    becomes a NumPy view reporting each host access through it (NumPy is imported only
+    here, when the program already uses it)."""
+    if func is T.numpy and args and type(out).__module__ == "numpy":
+        from .numpy_views import pinned_view
+        return pinned_view(out, args[0])
+    return out

@@ -27,7 +27,7 @@ from ..model import HappensBefore, Race, Site
 from ..ops.limit import OpCounter
 from ..ops.naming import TensorLabel
 from ..ops.pinned import PinnedRegistry
-from ..ops.ranges import extent, tensor_access
+from ..ops.ranges import access_spec, extent, tensor_access
 from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Scheduler
 from .cuda_module import install as install_cuda_module, uninstall as uninstall_cuda_module
 from .interception import enter as enter_interception, exit as exit_interception
@@ -486,6 +486,15 @@ class VirtualDevice:
         alloc = self.pinned_alloc(t)
         if alloc is not None:
             self.hb.host_access(op, [tensor_access(alloc, t, is_write)], site)
+
+    @locked
+    def host_access_sets(self, t: torch.Tensor, op: str, sets, site: Site) -> None:
+        """The host accessed byte sets [(start, stop, region, is_write)] of pinned tensor
+        t's storage (through a NumPy view: ops/numpy_views.py)."""
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        alloc = self.pinned_alloc(t) if self.active else None
+        if alloc is not None and not alloc.freed:
+            self.hb.host_access(op, [access_spec(alloc, *s) for s in sets], site)
 
     def host_read(self, t: torch.Tensor, op: str, site: Site) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours

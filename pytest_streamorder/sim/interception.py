@@ -19,13 +19,13 @@ from ..errors import NotModelledError
 from ..host_threads import RUNTIME_LOCK
 from ..model import Site
 from ..ops.custom import refuse_without_cpu_kernel
-from ..ops.host import call_name, host_access_specs, pinned_operands
+from ..ops.host import call_name, host_access_specs, host_result, pinned_operands
 from ..ops.ranges import contiguous_strides, extent, tensor_access
 from . import runtime
 from .issue import Ref, _access, issue, output_layouts
 from . import threads
 from .generators import check_generator_arg, cuda_generator_arg
-from .pinned_allocator import host_allocator, pinned_like
+from .pinned_allocator import download_queued, pinned_like, upload_queued
 from .runtime import active_device, current
 from .storage import VirtualTypedStorage, VirtualUntypedStorage, reduce_device_tensor, saving
 from .streams import VirtualStream
@@ -219,8 +219,8 @@ def upload(vd, dst: DeviceTensor, src: torch.Tensor, site: Site, name: str,
         vd.host_read(src, name, site)
         host_src = src.detach().clone() if snapshot else src
     vd.launch(name, accesses, site, lambda: _copy_into(dst_ref.view(), host_src))
-    if pinned is not None and not blocking:  # the pinned block is not reused before it ran
-        host_allocator(vd).record_copy(src, vd.current_stream.queue)
+    if pinned is not None and not blocking:  # the block waits for it; its source is watched
+        upload_queued(vd, src, pinned, site, name)
     if blocking:
         vd.sync_stream(vd.current_stream)
 
@@ -241,8 +241,8 @@ def download(vd, dst: torch.Tensor, src: DeviceTensor, site: Site, name: str,
     if pinned is not None:
         accesses.append(tensor_access(pinned, dst, True))
     vd.launch(name, accesses, site, lambda: _copy_into(dst, src_ref.view()))
-    if pinned is not None and non_blocking:  # the pinned block is not reused before it ran
-        host_allocator(vd).record_copy(dst, vd.current_stream.queue)
+    if pinned is not None:  # the block waits for it; dst is poison until it ran
+        download_queued(vd, dst)
     if pinned is None or not non_blocking:
         vd.sync_stream(vd.current_stream)
     return dst
@@ -319,6 +319,9 @@ def _numpy(vd, func, args, kwargs):
     if isinstance(self, DeviceTensor):
         raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() "
                         "to copy the tensor to host memory first.")
+    if func is T.numpy and vd.pinned_alloc(self) is not None:
+        # A view, not a read: accesses through it are reported (ops/numpy_views.py).
+        return host_result(func, func(*args, **kwargs), args)
     vd.host_read(self, "Tensor.numpy", Site.here(2))
     return func(*args, **kwargs)
 

@@ -12,15 +12,27 @@ A block is a Python bytearray, and the tensor handed out is a torch.frombuffer v
 its storage is the tensor's own, so the pinned registry still sees it die, while the bytes
 (and the address) stay in the pool. Sizes are rounded up to a power of two, as CUDA's
 host allocator does.
+
+Host accesses no interception sees (C code) show here, on the copies that use a block:
+- the source of a queued non_blocking H2D copy is snapshotted when it is issued and
+  compared when the copy runs (`upload_queued`, ops/host_writes.py): changed bytes are a
+  host write in between, reported as a race with the copy's stack and that window;
+- the target of a queued non_blocking D2H copy holds poison until the copy runs
+  (`download_queued`), so an early read by C code shows as a value no program expects.
+Neither is done while another queued copy still uses the block (its bytes are not the
+host's to judge then).
 """
 
 from __future__ import annotations
 
+import ctypes
 import weakref
 
 import torch
 
-from ..ops.ranges import contiguous_strides, extent
+from ..model import Site
+from ..ops.host_writes import SourceSnapshot, unseen_write_race
+from ..ops.ranges import contiguous_strides, extent, tensor_set
 
 ALIGN = 64
 MIN_BLOCK = 512
@@ -34,7 +46,7 @@ def _size_class(nbytes: int) -> int:
 
 
 class HostBlock:
-    __slots__ = ("buffer", "offset", "size", "address", "pending", "__weakref__")
+    __slots__ = ("buffer", "offset", "size", "address", "pending", "device_writes", "__weakref__")
 
     def __init__(self, size: int):
         self.buffer = bytearray(size + ALIGN)
@@ -43,6 +55,7 @@ class HostBlock:
         self.address = probe.data_ptr() + self.offset
         self.size = size
         self.pending: list = []  # the queued copies (scheduler items) that use the block
+        self.device_writes = 0  # D2H copies into it that have run
 
 
 class PinnedHostAllocator:
@@ -126,6 +139,64 @@ def host_allocator(vd) -> PinnedHostAllocator:
     if allocator is None:
         allocator = vd._host_allocator = PinnedHostAllocator(vd.scheduler.completed)
     return allocator
+
+
+def upload_queued(vd, src: torch.Tensor, alloc, site: Site, op: str) -> None:
+    """A non_blocking H2D copy from pinned `src` was just launched on the current stream:
+    the block waits for it, and its source is compared with a snapshot when it runs."""
+    allocator = host_allocator(vd)
+    stream = vd.current_stream
+    allocator.record_copy(src, stream.queue)
+    item, block = stream.queue.last, allocator._block_of(src)
+    if item is None or item.done or block is None or _busy(block, item):
+        return  # it ran already, or another queued copy may change the bytes first
+    read_set = tensor_set(src)
+    if read_set[0] == read_set[1]:
+        return
+    snapshot = SourceSnapshot(block.address, *read_set, src.element_size())
+    writes, agent, count, run = block.device_writes, stream.agent, item.op_count, item.run
+
+    def checked():
+        if block.device_writes == writes and not alloc.freed:  # else not the host's change
+            changed = snapshot.changed()
+            if changed is not None:
+                race = unseen_write_race(vd.hb, alloc, agent, count, op, read_set, changed,
+                                         site, Site.here(1, 40), "when the copy ran")
+                if race is not None:
+                    vd.hb.defer(race)  # raised at the host's next launch, access or sync
+        run()
+
+    item.run = checked
+
+
+def download_queued(vd, dst: torch.Tensor) -> None:
+    """A non_blocking D2H copy into pinned `dst` was just launched on the current stream:
+    the block waits for it, and `dst` holds poison until it runs."""
+    allocator = host_allocator(vd)
+    stream = vd.current_stream
+    allocator.record_copy(dst, stream.queue)
+    item, block = stream.queue.last, allocator._block_of(dst)
+    if item is None or block is None:
+        return
+    if item.done:
+        block.device_writes += 1
+        return
+    run = item.run
+
+    def counted():
+        run()
+        block.device_writes += 1
+
+    item.run = counted
+    if not _busy(block, item):
+        start, stop, region = tensor_set(dst)
+        for a, b in [(start, stop)] if region is None else region.runs():
+            ctypes.memset(block.address + a, 0xFF, b - a)  # as sim/memory.py's poison_
+
+
+def _busy(block: HostBlock, item) -> bool:
+    """Whether a queued copy other than `item` still uses the block."""
+    return any(not other.done for other in block.pending if other is not item)
 
 
 def pinned_like(vd, value: torch.Tensor, site, copy: bool = True) -> torch.Tensor:

@@ -2,7 +2,6 @@
 print a section that says nothing (or one twice), show Hypothesis' frames in a race
 stack, or run a failing test's body again to write its trace."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,12 +15,13 @@ from tests.unit.test_plugin import BROKEN, CORRECT, HYPOTHESIS_BROKEN
 
 pytest_plugins = ["pytester"]
 
-# Written by the run under test when it ends: was torch ever imported in it?
+# Written by the run under test when it ends: was torch (NumPy) ever imported in it?
 TORCH_PROBE = """
 import sys
 
 def pytest_unconfigure(config):
     open("torch_loaded", "w").write(str("torch" in sys.modules))
+    open("numpy_loaded", "w").write(str("numpy" in sys.modules))
 """
 TORCH_FREE_TEST = """
 def test_nothing_of_torch():
@@ -37,6 +37,8 @@ def test_no_torch_import_when_no_test_runs_under_the_device(pytester, args):
     result = pytester.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.OK
     assert pytester.path.joinpath("torch_loaded").read_text() == "False"
+    # NumPy is imported only by torch, or when a pinned tensor's .numpy() is called
+    assert pytester.path.joinpath("numpy_loaded").read_text() == "False"
     assert "schedules explored" not in result.stdout.str()  # no summary of nothing
 
 
@@ -59,15 +61,25 @@ def test_collect_only_prints_the_header_and_no_summary(pytester):
     assert not pytester.path.joinpath("traces").exists()  # nothing made for a run that runs nothing
 
 
-NUMPY_MISSING = importlib.util.find_spec("numpy") is None
+# An environment without NumPy, made in the subprocess whether or not this one has it: a
+# `numpy` package first on sys.path (the run's folder) that fails to import as a missing
+# one does. The test extra installs NumPy (for the NumPy-view tests), so without this the
+# case below would never run in CI.
+NUMPY_HIDDEN = """raise ModuleNotFoundError("No module named 'numpy'", name="numpy")\n"""
+
+
+def _hide_numpy(pytester) -> None:
+    pytester.path.joinpath("numpy").mkdir()
+    pytester.path.joinpath("numpy", "__init__.py").write_text(NUMPY_HIDDEN)
 
 
 @pytest.mark.parametrize("backend", ["auto", "sim"])
 def test_warnings_as_errors_without_numpy_is_no_internal_error(pytester, backend):
-    if NUMPY_MISSING:  # the case this is about: torch's import warns here
-        warns = subprocess.run([sys.executable, "-W", "error", "-c", "import torch"],
-                               capture_output=True, text=True)
-        assert "Failed to initialize NumPy" in warns.stderr
+    _hide_numpy(pytester)
+    # the case this is about: torch's import warns here
+    warns = subprocess.run([sys.executable, "-W", "error", "-c", "import torch"],
+                           capture_output=True, text=True, cwd=pytester.path)
+    assert "Failed to initialize NumPy" in warns.stderr
     pytester.makepyfile(test_correct=CORRECT)
     result = pytester.runpytest_subprocess("-W", "error", "--streamorder", "-p", "no:randomly",
                                            f"--streamorder-backend={backend}")

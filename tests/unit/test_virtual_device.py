@@ -186,7 +186,7 @@ def _peek(pinned):
 def test_stream_synchronize_and_query(lazy):
     s = torch.cuda.Stream()
     pinned = _queued_d2h(s)
-    assert _peek(pinned) == [0, 0, 0]  # lazy: not run yet
+    assert _peek(pinned) == [-1, -1, -1]  # lazy: not run yet (poison until it runs)
     polls = 0
     while not s.query():
         polls += 1
@@ -372,7 +372,7 @@ def test_d2h_non_blocking_lands_only_when_the_copy_runs(lazy):
     pinned = torch.zeros(4, dtype=I64, pin_memory=True)
     torch.cuda.synchronize()
     pinned.copy_(src, non_blocking=True)
-    assert _peek(pinned) == [0, 0, 0, 0]  # returned at once; not run under lazy
+    assert _peek(pinned) == [-1] * 4  # returned at once; not run under lazy: poison
     torch.cuda.current_stream().synchronize()
     assert pinned.tolist() == [1, 2, 3, 4]
     assert not lazy.races
@@ -390,7 +390,7 @@ def test_host_read_before_the_sync_is_stale_and_reported(lazy):
     pinned = torch.zeros(4, dtype=I64, pin_memory=True)
     torch.cuda.synchronize()
     pinned.copy_(src, non_blocking=True)
-    assert pinned.tolist() == [0, 0, 0, 0]
+    assert pinned.tolist() == [-1, -1, -1, -1]  # stale: poison until the copy runs
     assert len(lazy.races) == 1 and lazy.races[0].later.agent.is_host
 
 
@@ -451,7 +451,7 @@ def test_host_syncs_wait_for_the_current_stream_only(lazy, how, capsys):
     pending.copy_(x, non_blocking=True)
     SYNCS[how](x)  # syncs the current (default) stream
     assert _peek(pending) == [5, 6]  # the current stream's work ran
-    assert _peek(pinned) == [0, 0, 0]  # the other stream's did not
+    assert _peek(pinned) == [-1, -1, -1]  # the other stream's did not: poison
     other.synchronize()
     assert pinned.tolist() == [1, 2, 3]
     assert not lazy.races
@@ -465,7 +465,7 @@ def test_syncs_inside_a_stream_context_sync_that_stream(lazy):
         assert y.tolist() == [0, 2, 4]
         assert y.sum().item() == 6
         assert y.nonzero().flatten().tolist() == [1, 2]
-    assert _peek(pinned) == [0, 0, 0]  # the default stream's copy has not run
+    assert _peek(pinned) == [-1, -1, -1]  # the default stream's copy has not run: poison
 
 
 def test_printing_a_device_tensor(eager, capsys):
