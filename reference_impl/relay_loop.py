@@ -30,7 +30,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .overlap_loop import ROW_INDICES, ROW_SEQ_LENS, OverlapLoop, StepResult
+from .overlap_loop import (
+    ROW_ACCEPT, ROW_INDICES, ROW_SEED_LENS, ROW_SEED_SLOTS, ROW_SEQ_LENS, OverlapLoop, StepResult,
+)
 from .relay_map import ReqToTokenPool
 
 VOCAB = 1000
@@ -170,10 +172,10 @@ class RelayLoop(OverlapLoop):
 
         self._reserve_staging()
         self._stage(ROW_INDICES, order)
-        self._stage(1, accept_lens)
+        self._stage(ROW_ACCEPT, accept_lens)
         self._stage(ROW_SEQ_LENS, host_seq_lens)
-        self._stage(3, [s for s, _ in seeds])
-        self._stage(4, [length for _, length in seeds])
+        self._stage(ROW_SEED_SLOTS, [s for s, _ in seeds])
+        self._stage(ROW_SEED_LENS, [length for _, length in seeds])
         # The prefill tokens' pinned staging: fresh per step, never written after the
         # H2D that resolve_forward_inputs issues (the pinned allocator keeps it until then).
         prefill_cpu = None
@@ -185,8 +187,8 @@ class RelayLoop(OverlapLoop):
         host_copies = None
         with self._on(self.schedule_stream):
             self._write_fwd_inputs(n)
-            seed_slots = self._upload(3, m)
-            seed_lens = self._upload(4, m)
+            seed_slots = self._upload(ROW_SEED_SLOTS, m)
+            seed_lens = self._upload(ROW_SEED_LENS, m)
             seq_lens = None if spec_batch else self._upload(ROW_SEQ_LENS, n)
             self._release_staging()
             self._seed(seed_slots, seed_lens)
@@ -277,7 +279,7 @@ class RelayLoop(OverlapLoop):
         work = self.fwd_inputs[:, :n].clone()
         if self.has_streams:
             self.read_done.record(self.forward_stream)
-        indices, accept = work[ROW_INDICES], work[1]
+        indices, accept = work[ROW_INDICES], work[ROW_ACCEPT]
         self._publish(indices, batch.seq_lens + accept, spec_batch)
         if n:
             if spec_batch:

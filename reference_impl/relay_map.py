@@ -31,7 +31,6 @@ kernel; here they are plain gathers. Compiled and Triton variants are a follow-u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 

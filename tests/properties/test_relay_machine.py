@@ -47,6 +47,20 @@ RelayMachineOnForward = overlap_machine(
 TestRelayMachineOnForward = RelayMachineOnForward.TestCase
 
 
+def _real_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# A real GPU: values only (no race detector), with injected torch.cuda._sleep delays.
+RelayMachineOnGPU = overlap_machine(MAP, resolve_forward_inputs=RESOLVE, pool_size=6, device="cuda",
+                                    name="RelayMachineOnGPU",
+                                    settings=settings(stateful_step_count=12, **QUIET))
+TestRelayMachineOnRealGPU = pytest.mark.skipif(not _real_gpu(), reason="needs a real CUDA GPU")(
+    RelayMachineOnGPU.TestCase)
+
+
 def test_relay_machine_reaches_every_kind_of_step():
     machine = overlap_machine(MAP, resolve_forward_inputs=RESOLVE, pool_size=4, device="virtual",
                               name="RelayCoverage")
