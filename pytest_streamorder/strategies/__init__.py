@@ -16,7 +16,9 @@ that what `resolve_seq_lens_cpu` hands back equals the ground truth:
                         that a failing schedule shrinks together with the program
   run_program           run a program on an `OverlapLoop` and check every value it resolves
   overlap_machine       a `RuleBasedStateMachine` over the overlap loop, for your own
-                        FutureMap class: `TestMine = overlap_machine(MyFutureMap).TestCase`
+                        FutureMap class or factory: `TestMine = overlap_machine(MyFutureMap).TestCase`;
+                        with `resolve_forward_inputs=` it also fuzzes the output-token
+                        relay of a FutureMap built as SGLang's (RelayMachine)
 
 What is checked, after every step (`Step` = schedule a batch, resolve its lengths while
 the previous forward still runs, then launch its forward, which publishes): the host
@@ -45,22 +47,42 @@ The package, one job per module (import everything from `pytest_streamorder.stra
   programs.py  the ops of an overlap program, and overlap_programs
   devices.py   which device a program runs on (resolve_device)
   runner.py    OverlapRunner: run ops on an OverlapLoop, check values; run_program
-  machine.py   OverlapMachine, and overlap_machine for your own FutureMap class
+  batches.py   the token relay's batch protocol: SpecMode, RelayBatch, DraftInput, Req,
+               and the check that names the rule needing a missing attribute
+  machine.py   OverlapMachine, RelayMachine, and overlap_machine for your own FutureMap
 """
 
 from ..errors import StaleValueError
+from .batches import (
+    BATCH_PROTOCOL, DRAFT_PROTOCOL, MAP_PROTOCOL, DraftInput, RelayBatch, Req, SpecMode,
+)
 from .chooser import POLICIES, DrawnSchedule, HypothesisChooser, policies, schedules
 from .devices import DEVICE_ENV, DEVICES, resolve_device
-from .machine import OverlapMachine, OverlapMachineWithDelays, overlap_machine
+from .machine import (
+    OverlapMachine, OverlapMachineWithDelays, RelayMachine, RelayMachineWithDelays, overlap_machine,
+)
 from .programs import (
     DELAY_STREAMS, Admit, Delay, Free, OverlapProgram, Reuse, Step, Sync, ToggleSpec,
     dp_idle_steps, overlap_programs,
 )
-from .runner import DEFAULT_FUTURE_MAP, DEFAULT_LOOP, OverlapRunner, run_program
+from .runner import (
+    DEFAULT_FUTURE_MAP, DEFAULT_LOOP, DEFAULT_RELAY_LOOP, OverlapRunner, RelayConfig, run_program,
+)
 from .values import SPEC_MODES, accept_lens, request_lengths, request_pool_indices, spec_modes
 
 __all__ = [
     "Admit",
+    "BATCH_PROTOCOL",
+    "DEFAULT_RELAY_LOOP",
+    "DRAFT_PROTOCOL",
+    "DraftInput",
+    "MAP_PROTOCOL",
+    "RelayBatch",
+    "RelayConfig",
+    "RelayMachine",
+    "RelayMachineWithDelays",
+    "Req",
+    "SpecMode",
     "DELAY_STREAMS",
     "DEVICE_ENV",
     "DEVICES",

@@ -18,7 +18,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from .chooser import POLICIES, DrawnSchedule, HypothesisChooser, policies
 from .devices import DEVICES, resolve_device
 from .programs import DELAY_STREAMS, Admit, Delay, Free, Reuse, Step, Sync, ToggleSpec
-from .runner import DEFAULT_FUTURE_MAP, DEFAULT_LOOP, ClassSpec, OverlapRunner
+from .batches import SpecMode
+from .runner import DEFAULT_FUTURE_MAP, DEFAULT_LOOP, DEFAULT_RELAY_LOOP, ClassSpec, OverlapRunner, RelayConfig
 from .values import _check_pool_size, accept_lens, request_lengths, request_pool_indices
 
 
@@ -82,6 +83,7 @@ class OverlapMachine(RuleBasedStateMachine):
 
     future_map_cls: ClassSpec = DEFAULT_FUTURE_MAP
     loop_cls: ClassSpec = DEFAULT_LOOP
+    relay: Optional[RelayConfig] = None  # set: the token-relay machine (RelayMachine)
     pool_size: int = 8
     device: str = "auto"
     policies: tuple = POLICIES
@@ -112,14 +114,17 @@ class OverlapMachine(RuleBasedStateMachine):
                                      HypothesisChooser(data))
         else:
             event(f"device: {kind}")
-        spec = data.draw(st.sampled_from(("on", "off")), label="spec") == "on"
+        spec = self._draw_spec(data)
         n = data.draw(st.integers(0, self.pool_size - 1), label="initial requests")
         self.runner = OverlapRunner(self.pool_size, future_map_cls=self.future_map_cls,
                                     loop_cls=self.loop_cls, device=kind, schedule=schedule,
-                                    spec=spec)
+                                    spec=spec, relay=self.relay)
         for slot in range(1, n + 1):
             self.runner.apply(Admit(slot, data.draw(request_lengths(max_length=self.max_length),
                                                     label=f"length of slot {slot}")))
+
+    def _draw_spec(self, data):
+        return data.draw(st.sampled_from(("on", "off")), label="spec") == "on"
 
     def _live(self) -> list[int]:
         return self.runner.live_slots
@@ -251,11 +256,68 @@ class OverlapMachineWithDelays(OverlapMachine):
         self.runner.apply(Delay(stream, cycles))
 
 
+class RelayMachine(OverlapMachine):
+    """The overlap machine over SGLang's whole relay (`overlap_machine(...,
+    resolve_forward_inputs=...)`): sequence lengths as in OverlapMachine, plus output
+    tokens stashed by every forward and resolved by the next step (decode, prefill, a
+    prefill mixed with running decode requests), spec extras with spec on, and the
+    host bound with needs_cpu_seq_lens off. Each example draws one `SpecMode` (the map
+    is built for it): spec on or off, needs_cpu_seq_lens, debug poisoning, top-k and
+    hidden-state widths; a fixed value set on the machine is used instead of a draw.
+    No spec toggle rule: a map's spec algorithm is fixed when it is built.
+    """
+
+    spec: Optional[bool] = None
+    needs_cpu_seq_lens: Optional[bool] = None
+    debug_poison: Optional[bool] = None
+    toggle_spec = None  # not a rule here (see the class doc)
+
+    @precondition(lambda self: self.runner is not None and self.runner.free_slots
+                  and self.runner.loop.decode_slots())
+    @rule(data=st.data())
+    @_runs_rule
+    def prefill_with_running(self, data):
+        """A new request's prefill batched with running decode requests (spec off: one
+        mixed batch, the `mix_running_indices` path; spec on: prefill, then decode)."""
+        slot = data.draw(st.sampled_from(self.runner.free_slots), label="slot")
+        self.runner.apply(Admit(slot, data.draw(request_lengths(max_length=self.max_length),
+                                                label="length")))
+        running = data.draw(request_pool_indices(self.pool_size, slots=self.runner.loop.decode_slots(),
+                                                 min_size=1), label="running")
+        batch = (slot,) + tuple(running)
+        self.runner.apply(Step(batch, data.draw(accept_lens(len(batch), max_accept=self.max_accept),
+                                                label="accept")))
+
+    def _draw_spec(self, data) -> SpecMode:
+        def pick(fixed, label, options=(True, False)):
+            return fixed if fixed is not None else data.draw(st.sampled_from(options), label=label)
+
+        on = pick(self.spec, "spec")
+        mode = SpecMode(on=on,
+                        needs_cpu_seq_lens=pick(self.needs_cpu_seq_lens, "needs_cpu_seq_lens")
+                        if on else True,
+                        debug_poison=pick(self.debug_poison, "debug_poison"),
+                        topk=data.draw(st.sampled_from((2, 0)), label="topk") if on else 0,
+                        hidden_size=data.draw(st.sampled_from((3, 0)), label="hidden") if on else 0)
+        event(f"relay: spec {'on' if on else 'off'}, needs_cpu_seq_lens={mode.needs_cpu_seq_lens}, "
+              f"debug_poison={mode.debug_poison}")
+        return mode
+
+
+class RelayMachineWithDelays(RelayMachine, OverlapMachineWithDelays):
+    """RelayMachine plus the real-GPU delay rule."""
+
+
 def overlap_machine(future_map_cls: ClassSpec = None, *, loop_cls: ClassSpec = None,
                     pool_size: int = 8, device: str = "auto",
                     policies: Sequence[str] = POLICIES, max_accept: int = 4,
                     max_length: int = 64, settings: Optional[Settings] = None,
-                    stateful_step_count: int = 20, name: Optional[str] = None) -> type[OverlapMachine]:
+                    stateful_step_count: int = 20, name: Optional[str] = None,
+                    resolve_forward_inputs: ClassSpec = None, resolve_on: str = "schedule",
+                    batch_factory: Optional[Callable] = None,
+                    draft_factory: Optional[Callable] = None, spec: Optional[bool] = None,
+                    needs_cpu_seq_lens: Optional[bool] = None,
+                    debug_poison: Optional[bool] = None) -> type[OverlapMachine]:
     """The overlap state machine for your own FutureMap (and optionally loop) class.
 
         from pytest_streamorder.strategies import overlap_machine
@@ -264,8 +326,23 @@ def overlap_machine(future_map_cls: ClassSpec = None, *, loop_cls: ClassSpec = N
     `future_map_cls`: a class with the reference's interface (`__init__(pool_size,
     device, spec_algo)`, `publish(future_indices, new_seq_lens)`,
     `resolve_seq_lens_cpu(batch)`, attributes `publish_ready`, `fwd_prepare_d2h_stream`
-    and optionally `new_seq_lens_buf`), or "module:Class" looked up when each example
-    starts; None: reference_impl.future_map.FutureMap, looked up the same way.
+    and optionally `new_seq_lens_buf`), a factory `(pool_size, device, spec_algo) ->
+    map` (any callable that is not a class), or "module:name" of either, looked up when
+    each example starts; None: reference_impl.future_map.FutureMap, looked up the same way.
+
+    The token relay (SGLang's whole FutureMap; docs/RELAY_MACHINE.md): pass
+    `resolve_forward_inputs` (SGLang's module-level function, or "module:name") and the
+    machine also stashes each forward's output tokens and checks what the next step
+    resolves. Then `future_map_cls` is a factory `(pool_size, device, spec) -> map`
+    (`spec` a `SpecMode`), or a class built as SGLang's (`__init__(device, spec_algo,
+    req_to_token_pool, needs_cpu_seq_lens=True)`, given a ReqToTokenPool stand-in of
+    `pool_size` rows and the SpecMode as spec_algo). `resolve_on`: "schedule" (resolve
+    on the schedule stream: the map must fence its stash with an event) or "forward"
+    (as SGLang's scheduler: on the forward stream after it waits for the schedule
+    stream). `batch_factory(**fields)` / `draft_factory(**fields)` build the batch and
+    draft input (default: `RelayBatch`, `DraftInput`); an object missing an attribute of
+    `BATCH_PROTOCOL` is an InvalidArgument naming the rule that needs it. `spec`,
+    `needs_cpu_seq_lens`, `debug_poison`: fixed values (None: drawn per example).
     `loop_cls` likewise (an OverlapLoop subclass; None: the reference loop).
     `device`: "virtual", "cuda" (real GPU), "cpu" or "auto" (see `resolve_device`).
     `policies`: which virtual-device scheduling policies examples draw from.
@@ -282,14 +359,38 @@ def overlap_machine(future_map_cls: ClassSpec = None, *, loop_cls: ClassSpec = N
         raise InvalidArgument(f"policies must be a non-empty subset of {POLICIES}, got {policies_}")
     accept_lens(0, max_accept=max_accept)
     request_lengths(max_length=max_length)
-    for spec, what in ((future_map_cls, "future_map_cls"), (loop_cls, "loop_cls")):
-        if spec is not None and not isinstance(spec, (type, str)):
-            raise InvalidArgument(f"{what} must be a class or 'module:Class', got {spec!r}")
+    for spec_, what in ((future_map_cls, "future_map_cls"), (loop_cls, "loop_cls"),
+                        (resolve_forward_inputs, "resolve_forward_inputs")):
+        if spec_ is not None and not (callable(spec_) or isinstance(spec_, str)):
+            raise InvalidArgument(f"{what} must be a class, a callable or 'module:name', got {spec_!r}")
+    relay = None
+    if resolve_forward_inputs is not None:
+        if resolve_on not in ("schedule", "forward"):
+            raise InvalidArgument(f"resolve_on must be 'schedule' or 'forward', got {resolve_on!r}")
+        for value, what in ((batch_factory, "batch_factory"), (draft_factory, "draft_factory")):
+            if value is not None and not callable(value):
+                raise InvalidArgument(f"{what} must be callable, got {value!r}")
+        if future_map_cls is None:
+            raise InvalidArgument("the token relay needs future_map_cls: a factory "
+                                  "(pool_size, device, spec) -> map, or an SGLang-shaped class")
+        relay = RelayConfig(resolve_forward_inputs, resolve_on, batch_factory, draft_factory)
+    elif any(v is not None for v in (batch_factory, draft_factory, spec, needs_cpu_seq_lens,
+                                     debug_poison)) or resolve_on != "schedule":
+        raise InvalidArgument("batch_factory, draft_factory, resolve_on, spec, needs_cpu_seq_lens "
+                              "and debug_poison belong to the token relay: pass "
+                              "resolve_forward_inputs too")
     label = name or _class_name(future_map_cls) + "Machine"
-    base = OverlapMachineWithDelays if device in ("auto", "cuda") else OverlapMachine
+    if relay is not None:
+        base = RelayMachineWithDelays if device in ("auto", "cuda") else RelayMachine
+    else:
+        base = OverlapMachineWithDelays if device in ("auto", "cuda") else OverlapMachine
     machine = type(label, (base,), {
-        "future_map_cls": future_map_cls if future_map_cls is not None else DEFAULT_FUTURE_MAP,
-        "loop_cls": loop_cls if loop_cls is not None else DEFAULT_LOOP,
+        # staticmethod: a factory function must not become a bound method of the machine
+        "future_map_cls": (staticmethod(future_map_cls) if callable(future_map_cls)
+                           and not isinstance(future_map_cls, type) else
+                           future_map_cls if future_map_cls is not None else DEFAULT_FUTURE_MAP),
+        "loop_cls": loop_cls if loop_cls is not None else (
+            DEFAULT_RELAY_LOOP if relay is not None else DEFAULT_LOOP),
         "pool_size": pool_size,
         "device": device,
         "policies": policies_,
@@ -297,6 +398,8 @@ def overlap_machine(future_map_cls: ClassSpec = None, *, loop_cls: ClassSpec = N
         "max_length": max_length,
         "reached": collections.Counter(),
         "__module__": _caller_module(),
+        **({"relay": relay, "spec": spec, "needs_cpu_seq_lens": needs_cpu_seq_lens,
+            "debug_poison": debug_poison} if relay is not None else {}),
     })
     case = machine.TestCase
     case.settings = settings if settings is not None else Settings(
@@ -310,8 +413,8 @@ def overlap_machine(future_map_cls: ClassSpec = None, *, loop_cls: ClassSpec = N
 def _class_name(spec: ClassSpec) -> str:
     if spec is None:
         return "FutureMap"
-    if isinstance(spec, type):
-        return spec.__name__
+    if callable(spec):
+        return getattr(spec, "__name__", "FutureMap").replace("<lambda>", "FutureMap")
     return str(spec).rpartition(":")[2].rpartition(".")[2] or "FutureMap"
 
 
