@@ -13,6 +13,13 @@ device buffers while the forward stream runs step n. Two edges make it correct, 
 broken twin drops one: the forward stream waits for `inputs_ready` before reading the
 inputs (RAW), and the schedule stream waits for `forward_done` before it reads step n's
 tokens and rewrites the input buffers (WAR).
+
+With `serving=True` the loop has what a serving engine adds to that: the forward pass is
+captured once into a CUDA graph (warm-up on a side stream, capture on the forward
+stream) and replayed each step, reading the static input buffers; the slot arithmetic
+is a `torch.compile`d helper; the logits are scaled in place by a custom op registered
+through `torch.library` (`tiny_decoder::scale_logits_`). The WAR edge then guards the
+graph's static inputs, SGLang's missing barrier before its graph replays.
 """
 
 from __future__ import annotations
@@ -96,6 +103,29 @@ class TinyDecoder(nn.Module):
         return self.lm_head(self.norm(x))
 
 
+@torch.library.custom_op("tiny_decoder::scale_logits_", mutates_args=("logits",))
+def scale_logits_(logits: torch.Tensor, inv_temperature: float) -> None:
+    """A custom op writing its argument in place (the shape of sgl-kernel's ops)."""
+    logits.mul_(inv_temperature)
+
+
+@scale_logits_.register_fake
+def _(logits, inv_temperature):
+    return None
+
+
+def slot_arithmetic(base: torch.Tensor, positions: torch.Tensor):
+    """This token's KV slot, every slot of its request, and which of them are valid."""
+    out_loc = base + positions
+    slots = base[:, None] + torch.arange(MAX_LEN, device=base.device)
+    valid = torch.arange(MAX_LEN, device=base.device) <= positions[:, None]
+    return out_loc, slots, valid
+
+
+compiled_slot_arithmetic = torch.compile(slot_arithmetic, dynamic=False)
+INV_TEMPERATURE = 0.5  # argmax does not change: the tokens stay the CPU's
+
+
 def new_cache(batch: int, device) -> list:
     """Per layer, K and V caches of batch * MAX_LEN token slots (slot = b * MAX_LEN + pos)."""
     hd = DIM // HEADS
@@ -122,8 +152,9 @@ class DecodeLoop:
     when the device is CUDA. wait_inputs / wait_forward: the two edges (see the module)."""
 
     def __init__(self, model: TinyDecoder, start_tokens: list, device,
-                 wait_inputs: bool = True, wait_forward: bool = True):
+                 wait_inputs: bool = True, wait_forward: bool = True, serving: bool = False):
         self.model, self.device = model, torch.device(device)
+        self.serving = serving
         self.batch = len(start_tokens)
         self.wait_inputs, self.wait_forward = wait_inputs, wait_forward
         self.cache = new_cache(self.batch, device)
@@ -141,6 +172,34 @@ class DecodeLoop:
             # Everything above was made on the current stream.
             self.schedule_stream.wait_stream(torch.cuda.current_stream())
             self.forward_stream.wait_stream(torch.cuda.current_stream())
+        self.graph = None
+        if self.cuda and serving:
+            self._capture()
+
+    def _forward(self) -> torch.Tensor:
+        """The forward pass on the static inputs; sets `next_tokens`, returns the logits."""
+        arithmetic = compiled_slot_arithmetic if self.serving and self.cuda else slot_arithmetic
+        out_loc, slots, valid = arithmetic(self.base, self.positions)
+        logits = self.model(self.input_ids, self.positions, self.cache, out_loc, slots, valid)
+        if self.serving:
+            scale_logits_(logits, INV_TEMPERATURE)
+        self.next_tokens = torch.argmax(logits, dim=-1)
+        return logits
+
+    def _capture(self) -> None:
+        """Warm up on a side stream (the documented pattern), then capture the forward
+        pass on the forward stream; the outputs are the graph's static tensors. Neither
+        writes anything a replay does not write again first (the KV slot at position 0)."""
+        start_tokens = self.next_tokens  # _forward() sets next_tokens: step 0 needs these
+        warmup = torch.cuda.Stream()
+        warmup.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(warmup):
+            self._forward()
+        self.forward_stream.wait_stream(warmup)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, stream=self.forward_stream):
+            self.static_logits = self._forward()
+        self.static_tokens, self.next_tokens = self.next_tokens, start_tokens
 
     def _on(self, stream):
         return torch.cuda.stream(stream) if self.cuda else contextlib.nullcontext()
@@ -157,11 +216,13 @@ class DecodeLoop:
         if self.cuda and self.wait_inputs:
             self.forward_stream.wait_event(self.inputs_ready)
         with self._on(self.forward_stream if self.cuda else None):
-            out_loc = self.base + self.positions
-            slots = self.base[:, None] + torch.arange(MAX_LEN, device=self.device)
-            valid = torch.arange(MAX_LEN, device=self.device) <= self.positions[:, None]
-            logits = self.model(self.input_ids, self.positions, self.cache, out_loc, slots, valid)
-            self.next_tokens = torch.argmax(logits, dim=-1)
+            if self.graph is not None:
+                self.graph.replay()
+                logits = self.static_logits.clone()
+                # The graph's output is rewritten by the next replay: keep a copy.
+                self.next_tokens = self.static_tokens.clone()
+            else:
+                logits = self._forward()
             if self.cuda:
                 self.forward_done.record()
         return logits

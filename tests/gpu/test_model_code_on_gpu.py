@@ -32,8 +32,10 @@ def weights():
     return td.TinyDecoder().state_dict()
 
 
+@pytest.mark.parametrize("serving", [False, True])  # True: CUDA graph, compiled, custom op
 @pytest.mark.parametrize("delays", [False, True])
-def test_the_overlapped_decode_loop_is_silent_and_decodes_the_cpu_tokens(weights, delays):
+def test_the_overlapped_decode_loop_is_silent_and_decodes_the_cpu_tokens(weights, delays,
+                                                                         serving):
     cpu = td.TinyDecoder()
     cpu.load_state_dict(weights)
     with torch.no_grad():
@@ -41,17 +43,18 @@ def test_the_overlapped_decode_loop_is_silent_and_decodes_the_cpu_tokens(weights
     model = td.TinyDecoder().cuda()
     model.load_state_dict(weights)
     with _backend(delays) as be, torch.no_grad():
-        tokens, _ = td.DecodeLoop(model, [3, 17, 5], "cuda").run(4)
+        tokens, _ = td.DecodeLoop(model, [3, 17, 5], "cuda", serving=serving).run(4)
     assert be.races == [], "\n\n".join(str(r) for r in be.races)
     assert tokens == expected  # sdpa picks another kernel on the GPU: argmax still agrees
 
 
+@pytest.mark.parametrize("serving", [False, True])
 @pytest.mark.parametrize("edge", ["wait_inputs", "wait_forward"])
-def test_each_missing_edge_of_the_decode_loop_is_a_race(weights, edge):
+def test_each_missing_edge_of_the_decode_loop_is_a_race(weights, edge, serving):
     model = td.TinyDecoder().cuda()
     model.load_state_dict(weights)
     with _backend() as be, torch.no_grad():
-        td.DecodeLoop(model, [3, 17, 5], "cuda", **{edge: False}).run(4)
+        td.DecodeLoop(model, [3, 17, 5], "cuda", serving=serving, **{edge: False}).run(4)
     assert be.races, f"dropping {edge} was not reported"
     # The GPU backend does not name attributes (`self.input_ids`) as the virtual device
     # does: the report names the buffer by the line that allocated it.

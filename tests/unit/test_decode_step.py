@@ -51,6 +51,19 @@ def test_decode_steps_on_two_streams_give_the_cpu_result(weights, attn, grad, po
     assert len(set(map(tuple, tokens))) > 1  # the steps decode something, not a constant
 
 
+@pytest.mark.parametrize("policy,seed", [("random", 1), ("lazy", 0), ("delay", 3), ("eager", 0)])
+def test_serving_loop_with_a_graph_a_compiled_helper_and_a_custom_op(weights, policy, seed):
+    """The loop as an engine runs it: the forward captured once into a CUDA graph and
+    replayed, its slot arithmetic compiled, its logits scaled by a torch.library op."""
+    tokens_cpu, logits_cpu = _cpu_reference(weights, "sdpa")
+    with so.virtual_device(policy=policy, seed=seed) as vd, torch.no_grad():
+        loop = td.DecodeLoop(_model(weights, "sdpa").cuda(), START, "cuda", serving=True)
+        tokens, logits = loop.run(STEPS)
+    assert vd.races == []
+    assert tokens == tokens_cpu
+    torch.testing.assert_close(logits, logits_cpu * td.INV_TEMPERATURE)
+
+
 def test_the_two_attention_paths_agree(weights):
     """sdpa (its math path, with a boolean mask) and attention by hand are one function."""
     torch.testing.assert_close(_cpu_reference(weights, "sdpa")[1],
@@ -152,3 +165,21 @@ def test_broken_twins_of_the_decode_loop_fail_with_race_reports(pytester):
     # WAR: the schedule stream rewrites the input the previous forward still reads.
     assert "race on 'input_ids' (int64[3]): write by stream 'schedule_stream" in out
     assert "earlier read by stream 'forward_stream" in out
+
+
+SERVING_TESTS = DECODE_TESTS.replace('"cuda"', '"cuda", serving=True')
+
+
+def test_broken_twins_of_the_serving_loop_name_the_graph_replay(pytester):
+    """SGLang's bug class: the schedule stream rewrites a static input of the captured
+    decode graph while the previous replay may still read it."""
+    assert SERVING_TESTS.count("serving=True") == 3
+    pytester.makepyfile(tiny_decoder=(Path(td.__file__)).read_text())
+    pytester.makepyfile(test_serving=SERVING_TESTS)
+    pytester.syspathinsert()
+    result = pytester.runpytest("--streamorder", "-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    assert "race on 'positions' (int64[3]): read by stream 'forward_stream" in out
+    assert "race on 'input_ids' (int64[3]): write by stream 'schedule_stream" in out
+    assert "[replay of CUDA graph 'graph', captured at tiny_decoder.py:" in out
