@@ -94,9 +94,9 @@ def test_a_compiled_helper_on_a_side_stream(wait):
         assert be.races == [] and total == 36.0
     else:
         assert len(be.races) == 1 and "aten.copy_" in str(be.races[0])
-    import torch._dynamo
+    import importlib  # (a plain `import torch._dynamo` here would make torch a local)
 
-    assert torch._dynamo.config.disable is False  # put back
+    assert importlib.import_module("torch._dynamo").config.disable is False  # put back
 
 
 @torch.library.custom_op("streamorder_gpu_test::scale_into", mutates_args=("out",))
