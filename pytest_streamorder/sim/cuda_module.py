@@ -15,6 +15,7 @@ import torch
 from ..host_threads import locked
 from ..model import Site
 from .cuda_api import install as install_api
+from . import lazy_dynamo
 from .cuda_net import refuse
 from .streams import VirtualEvent, VirtualStream
 from .threads import ensure_thread_mode
@@ -139,8 +140,6 @@ def _replacements(vd) -> dict:
 
 def install(vd) -> dict:
     """Patch torch.cuda; returns what to restore."""
-    import torch._dynamo  # noqa: F401  (it indexes torch.cuda on import: not while patched)
-
     saved = {}
     for name, value in _replacements(vd).items():
         saved[name] = getattr(torch.cuda, name, _MISSING)
@@ -157,10 +156,21 @@ def install(vd) -> dict:
     saved[_SWAP] = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
     saved[_NVML] = VirtualNVML(getattr(vd, "gpu", DEFAULT_GPU)).install()
+    # torch._dynamo copies torch.cuda into tables when imported: not up front (1-3 s),
+    # and, if something imports it now, with the originals in place (lazy_dynamo.py).
+    lazy_dynamo.install(lambda: _entries(saved))
     return saved
 
 
+def _entries(saved: dict) -> list:
+    """(owner, name, original) of every torch.cuda patch in `saved`, in the order made."""
+    entries = [(torch.cuda, name, value) for name, value in saved.items() if isinstance(name, str)]
+    api = saved.get(_API)
+    return entries + (api.entries() if api is not None else [])
+
+
 def uninstall(saved: dict) -> None:
+    lazy_dynamo.uninstall()
     nvml = saved.pop(_NVML, None)
     if nvml is not None:
         nvml.undo()
