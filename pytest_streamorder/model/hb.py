@@ -59,6 +59,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from .clock import VectorClock, entry, join_into
+from .freed import FreedIndex
 from .objects import Access, AccessSpec, Agent, Allocation, Event, Pending, WaitNote
 from .regions import clip, cut, meets, shift as shifted, within
 from .report import Race
@@ -79,7 +80,7 @@ class HappensBefore:
         self.accesses = 0  # checked so far
         self._seq = 0
         self._allocs = 0
-        self._freed: dict[str, list[Allocation]] = {}  # space -> freed, not yet fully reused
+        self._freed: dict[str, FreedIndex] = {}  # space -> freed, not yet fully reused
         self._stream_names: set[str] = set()
         self._deferred: list[Race] = []  # found when a pending access resolved, not reported
         self._flagged: set[int] = set()  # seqs of accesses already reported as the later one
@@ -241,17 +242,26 @@ class HappensBefore:
         # The caching allocator records an event on each record_stream stream now and
         # hands the block out again only once those events completed.
         alloc.reuse_fences = [list(s.clock) for s in alloc.record_streams]
-        if alloc.address is not None and alloc.shadow:
-            self._freed.setdefault(alloc.space, []).append(alloc)
+        if alloc.address is not None and alloc.shadow and alloc.nbytes > 0:
+            index = self._freed.get(alloc.space)
+            if index is None:
+                index = self._freed[alloc.space] = FreedIndex()
+            index.add(alloc)
+
+    def freed_blocks(self, space: str = "device") -> int:
+        """Freed allocations whose accesses a reuse may still race with."""
+        index = self._freed.get(space)
+        return len(index) if index is not None else 0
 
     def _reuse(self, alloc: Allocation) -> None:
+        """Carry the accesses of the freed blocks `alloc` overlaps into it (freed.py finds
+        them, in the order they were freed, without a scan)."""
+        index = self._freed.get(alloc.space)
+        if index is None:
+            return
         lo, hi = alloc.address, alloc.address + alloc.nbytes
-        still_freed = []
-        for old in self._freed.get(alloc.space, ()):
+        for old in index.take(lo, hi):
             old_lo, old_hi = old.address, old.address + old.nbytes
-            if old_hi <= lo or old_lo >= hi:
-                still_freed.append(old)
-                continue
             shift = old_lo - lo  # old offset + shift = new offset
             for acc in old.shadow:
                 _settle(acc)
@@ -269,8 +279,8 @@ class HappensBefore:
                 # a later reuse race with accesses that alloc's fence already covered.
                 old.shadow = _cut(old.shadow, lo - old_lo, hi - old_lo)
                 if old.shadow:
-                    still_freed.append(old)
-        self._freed[alloc.space] = still_freed
+                    continue  # its other bytes stay in the index
+            index.discard(old)
 
     # --- race detection ---------------------------------------------------------
 
@@ -499,6 +509,8 @@ def _cut(shadow: list[Access], lo: int, hi: int) -> list[Access]:
     kept = []
     for acc in shadow:
         _settle(acc)
+        if acc.start >= acc.stop and acc.pending is None:
+            continue  # touches nothing (a pending op that named no element)
         if acc.stop <= lo or acc.start >= hi:
             kept.append(acc)
             continue
