@@ -83,7 +83,7 @@ class HappensBefore:
         self._freed: dict[str, FreedIndex] = {}  # space -> freed, not yet fully reused
         self._stream_names: set[str] = set()
         self._deferred: list[Race] = []  # found when a pending access resolved, not reported
-        self._flagged: set[int] = set()  # seqs of accesses already reported as the later one
+        self._flagged: set[int] = set()  # seqs of paired accesses already reported as the later one
         self.unresolved = 0  # pending accesses whose exact set could not be learnt
         # Report deferred races from the sync methods too (the GPU backend turns it off:
         # its syncs arrive in trace callbacks, inside C++, where an exception is lost).
@@ -336,6 +336,7 @@ class HappensBefore:
             pending.access = access
         plain = region is None and pending is None
         race = None
+        paired = False  # in a pair with a pending access: resolve() must know if flagged
         kept = []
         for prev in alloc.shadow:
             if prev.stop <= start or prev.start >= stop:
@@ -374,13 +375,15 @@ class HappensBefore:
             elif is_write or prev.is_write:
                 if pending is not None or prev.pending is not None:
                     self._pair(prev, access, alloc, agent)
+                    paired = True
                 elif race is None:
                     race = Race(prev, access, alloc, _facts(agent))
             kept.append(prev)
         kept.append(access)
         alloc.shadow = kept
         if race is not None:
-            self._flagged.add(access.seq)
+            if paired:  # (only then: the set stays as small as the pairs)
+                self._flagged.add(access.seq)
             self._found(race)
         return race
 
