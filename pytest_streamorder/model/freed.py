@@ -62,8 +62,14 @@ class FreedIndex:
     def take(self, lo: int, hi: int) -> list[Allocation]:
         """Remove [lo, hi) from the index; the owners it had there, in the order they
         were freed (the caller carries their entries over and cuts their shadows)."""
-        if not self._pieces:
+        pieces = self._pieces
+        if not pieces:
             return []
+        piece = pieces.get(lo)
+        if piece is not None and piece[0] == hi:  # the block freed here, reused whole
+            owners = self._drop(lo)[1]
+            self._maybe_compact()
+            return owners if len(owners) == 1 else sorted(owners, key=self._order.__getitem__)
         self._split(lo)
         self._split(hi)
         owners: dict[Allocation, None] = {}
