@@ -203,6 +203,17 @@ class HappensBefore:
         if self._deferred and self.flush_on_sync:
             self.flush()
 
+    def host_knows_stream(self, stream: Agent) -> bool:
+        """Whether the host is ordered after all work issued to `stream` so far."""
+        return entry(self.host.clock, stream.id) >= stream.clock[stream.id]
+
+    def host_knows_event(self, event: Event) -> bool:
+        """Whether the host is ordered after the event's capture (True if never recorded)."""
+        if event.capture is None:
+            return True
+        rec = event.recorded_on.id
+        return entry(self.host.clock, rec) >= entry(event.capture, rec)
+
     # --- memory -----------------------------------------------------------------
 
     def allocate(self, nbytes: int, label: str, site: Site = UNKNOWN_SITE, *,

@@ -77,8 +77,10 @@ class Run:
 
     def __init__(self, seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
                  raise_on_race: bool = True, max_ops: int | None = DEFAULT_MAX_OPS,
-                 chooser: Chooser | None = None, record_timeline: bool = False):
+                 chooser: Chooser | None = None, record_timeline: bool = False,
+                 flips: tuple[int, ...] = ()):
         if replay is not None:
+            flips = replay.flips or flips
             if not isinstance(replay, Schedule):
                 raise TypeError(f"replay= takes a Schedule (vd.schedule), got {type(replay).__name__}")
             if replay.backend != "sim":
@@ -98,6 +100,9 @@ class Run:
                                    if replay is not None and replay.choices is not None
                                    else Chooser(seed))
         self.scheduler = RunScheduler(policy, self.chooser)
+        # Observations this schedule turns the other way (scheduling/scheduler.py).
+        self.flips = tuple(sorted(set(flips)))
+        self.scheduler.flips = frozenset(self.flips)
         if record_timeline:
             self.scheduler.timeline = []
         self.op_counter = OpCounter(max_ops)
@@ -113,7 +118,7 @@ class Run:
     def schedule(self) -> Schedule:
         options = getattr(self.chooser, "options", None)  # only our Chooser records them
         return Schedule(self.policy, self.seed, tuple(self.chooser.choices),
-                        tuple(options) if options is not None else None)
+                        tuple(options) if options is not None else None, self.flips)
 
     @property
     def host_blocked_s(self) -> float:
