@@ -158,10 +158,12 @@ class Scheduler:
         """An allocator asks whether a freed block held by `items` (work that used it:
         record_stream, a non_blocking copy) may be handed out now: when the host sees all
         of them complete. An observation; flipped, the items run now and the block is
-        reused if they finish in time (never the other way: a fresh block hides nothing)."""
+        reused if they finish in time (never the other way: a fresh block hides nothing; a reuse
+        granted at once is not recorded either)."""
         completed = self.completed
         if all(completed(item) for item in items):
-            self._record("reuse", True, False, False)
+            # Not an observation: the other outcome, a fresh block, hides nothing from
+            # the detector and makes no value stale (an address seen is noted apart).
             return True
         flip = self._flip_now()
         if flip:
