@@ -80,13 +80,13 @@ class Run:
                  chooser: Chooser | None = None, record_timeline: bool = False,
                  flips: tuple[int, ...] = ()):
         if replay is not None:
-            flips = replay.flips or flips
             if not isinstance(replay, Schedule):
                 raise TypeError(f"replay= takes a Schedule (vd.schedule), got {type(replay).__name__}")
             if replay.backend != "sim":
                 raise ValueError(f"a {replay.policy!r} schedule replays on the real-GPU backend, "
                                  f"not on the virtual device")
             policy, seed = replay.policy, replay.seed
+            flips = replay.flips or flips
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {POLICIES}")
         self.seed = seed
