@@ -28,9 +28,10 @@ from .backend import active_backend
 from .early import load_initial_conftests, quiet_import as _import, session_runtime
 from .errors import NotModelledError, StreamRaceError
 from .benchmarking import stream_benchmark  # noqa: F401  (a fixture: pytest-benchmark for stream code)
-from .settings import MIX, NO_MARKER, Settings, add_options, check_markers, marker_help
+from .settings import FIRST, MIX, NO_MARKER, Settings, add_options, check_markers, marker_help
 
 CACHE_KEY = "streamorder/seed"
+NO_OBSERVATION = "1 schedule: no timing-dependent observation"
 # A test's checked marker values, from collection to its run.
 _MARKER_VALUES = pytest.StashKey[dict]()
 
@@ -88,6 +89,8 @@ class StreamOrderRun:
         # Picking the backend imports torch: not for a run that only collects.
         self.backend = None if self.collect_only else self._resolve_backend()
         self.tests = self.schedules_run = self.device_ops = self.races = 0  # all tests
+        self.decided_by_one = 0  # tests that observed nothing timing-dependent: 1 schedule
+        self._decided = ""  # the test running now: why it stopped after one schedule
         self.calls = 0  # tests that ran, checked or not
         self._ops = self._races = 0  # the test running now
         self._state = None  # the schedule running now (_Schedule)
@@ -140,7 +143,7 @@ class StreamOrderRun:
                          "session")
         return lines
 
-    def new_run(self, policy: str, seed: int, chooser=None):
+    def new_run(self, policy: str, seed: int, chooser=None, flips: tuple = ()):
         """One schedule: a Run on the session's virtual device, or a cuda_backend()."""
         if self.backend == "cuda":
             return _import("pytest_streamorder.gpu.backend").cuda_backend(
@@ -152,7 +155,7 @@ class StreamOrderRun:
             kwargs["replay"] = self.replay  # its recorded choices, not only the seed
         return _import("pytest_streamorder.sim.device").Run(
             seed=seed, policy=policy, max_ops=self.settings.max_ops, chooser=chooser,
-            record_timeline=self.settings.trace_dir is not None, **kwargs)
+            record_timeline=self.settings.trace_dir is not None, flips=flips, **kwargs)
 
     def settings_for(self, item) -> Settings:
         """The session's settings with this test's marker values."""
@@ -162,11 +165,15 @@ class StreamOrderRun:
         return self.settings.for_test(marked)
 
     def plan(self, item) -> list[tuple[str, int]]:
-        """(policy, seed) of every schedule to run for this test: at least one."""
+        """(policy, seed) of every schedule to run for this test: at least one. Exploring
+        what a run observed (the default on the virtual device), the first schedule is
+        adversarial: FIRST under the policy mix, never eager unless asked for."""
         if self.replay is not None:
             return [(self.replay.policy, self.replay.seed)]
         s = self.settings_for(item)
         policies = self.policies(s)
+        if self._explores_observed(item) and s.policy == "mix":
+            policies = (FIRST,) + tuple(p for p in policies if p != FIRST)
         return [(policies[i % len(policies)], s.seed + i) for i in range(s.schedules)]
 
     def policies(self, settings: Settings) -> tuple[str, ...]:
@@ -210,17 +217,25 @@ class StreamOrderRun:
         hypothesis = _is_hypothesis_test(item)
         if hypothesis:
             plan = plan[:1]  # one protocol run; each example is a schedule (pytest_pyfunc_call)
+        budget = len(plan)
+        observed = self._explores_observed(item) and not hypothesis
+        if observed:  # one schedule first; the rest follow from what it observed
+            plan = plan[:1]
         device = self.session.device if self.session is not None else None
         self._ops = self._races = 0
         self._examples = None
+        self._decided = ""
         if device is not None:
             # Work queued outside this test (import time, an earlier test's broader
             # fixtures) runs now, and the host learns nothing from it (no edge).
             device.drain_quietly()
-        self._snapshot = self._snapshot_memory() if len(plan) > 1 else None
-        for index, (policy, seed) in enumerate(plan):
-            last = index == len(plan) - 1
-            state = _Schedule(index, policy, seed, self.new_run(policy, seed))
+        self._snapshot = self._snapshot_memory() if budget > 1 else None
+        index = 0
+        while index < len(plan):
+            policy, seed, flips = (plan[index] + ((),))[:3]
+            # (exploring what the first observed, the plan grows after it)
+            last = index == budget - 1 or (index == len(plan) - 1 and (index or not observed))
+            state = _Schedule(index, policy, seed, self.new_run(policy, seed, flips=flips))
             if index:
                 self._restore_memory()
             if device is not None:
@@ -240,11 +255,19 @@ class StreamOrderRun:
                     state.run.__exit__(None, None, None)
             if self._examples is None:
                 self._count(state.run)
-            stop = last or any(not r.passed for r in reports)
+            failed = any(not r.passed for r in reports)
+            if observed and index == 0 and not failed and not last:
+                plan += self._followups(state.run, policy, seed, budget - 1, item)
+                if len(plan) == 1:  # decided: nothing it observed could come out otherwise
+                    self._decided = NO_OBSERVATION
+                    last = True
+                    reports += self._teardown_rest(item, nextitem)
+            stop = last or failed
             if stop and not last and not state.stop:
                 reports += self._teardown_rest(item, nextitem)  # teardown failed mid-plan
             if stop:
                 break
+            index += 1
         schedules = len(self._examples) if self._examples is not None else index + 1
         self._snapshot = None
         self._finish(item, reports, state, schedules)
@@ -270,6 +293,35 @@ class StreamOrderRun:
         else:
             snap.restore()
 
+    def _explores_observed(self, item) -> bool:
+        """Whether this test's schedules follow what its first one observed (the virtual
+        device, --streamorder-explore=observed, not a replay)."""
+        return (self.replay is None and self.session is not None
+                and self.settings_for(item).explore == "observed")
+
+    def _followups(self, run, policy: str, seed: int, budget: int, item) -> list:
+        """The schedules after the first, at most `budget`: each flips one observation of
+        the first (same policy and seed, so the run is the same up to it), the first of
+        each kind and outcome first; then random ones. None when it observed nothing."""
+        scheduler = run.scheduler
+        if not scheduler.observed:
+            return []
+        observations = scheduler.observations
+        steerable = [i for i, o in enumerate(observations) if o.steerable]
+        firsts, seen = [], set()
+        for i in steerable:
+            key = (observations[i].kind, observations[i].outcome)
+            if key not in seen:
+                seen.add(key)
+                firsts.append(i)
+        chosen = set(firsts)
+        order = firsts + [i for i in steerable if i not in chosen]
+        plan = [(policy, seed, (i,)) for i in order[:budget]]
+        policies = self.policies(self.settings_for(item))
+        for j in range(budget - len(plan)):
+            plan.append((policies[j % len(policies)], seed + 1 + j, ()))
+        return plan
+
     def _teardown_rest(self, item, nextitem) -> list:
         """Tear down what the plan kept for later schedules, when it stops early."""
         call = CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem),
@@ -294,9 +346,13 @@ class StreamOrderRun:
                  ("streamorder_races", self._races)]
         if failed is not None:
             props.insert(0, ("streamorder_failed_schedule", state.token or "hypothesis"))
+        if self._decided:
+            props.append(("streamorder_decided", self._decided))
         item.user_properties += props
         target.user_properties = list(target.user_properties) + props
         counts = f"{schedules} schedule(s), {self._ops} device ops, {self._races} race(s)"
+        if self._decided:
+            counts += f"\n{self._decided}"
         target.sections.append((f"Captured streamorder {target.when}",
                                 f"{text}\n{counts}" if text else counts))
 
@@ -494,6 +550,7 @@ class StreamOrderRun:
             self.schedules_run += props["streamorder_schedules"]
             self.device_ops += props["streamorder_device_ops"]
             self.races += props["streamorder_races"]
+            self.decided_by_one += "streamorder_decided" in props
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.calls == 0:  # --collect-only, or stopped at collection: no summary of nothing
@@ -502,6 +559,10 @@ class StreamOrderRun:
         terminalreporter.write_line(
             f"{self.tests} tests checked, {self.schedules_run} schedules explored, "
             f"{self.device_ops} device ops simulated, {self.races} races found")
+        if self.decided_by_one:
+            terminalreporter.write_line(
+                f"{self.decided_by_one} of them decided by 1 schedule (no timing-dependent "
+                "observation: every schedule would give the same result)")
 
 
 class StreamOrderHandle:

@@ -26,6 +26,11 @@ import pytest
 MIX = ("random", "delay", "pct", "lazy")
 POLICY_CHOICES = ("eager", "lazy", "random", "pct", "delay", "mix")
 BACKEND_CHOICES = ("auto", "sim", "cuda")
+# How a test's schedules are chosen: "observed" runs one adversarial schedule (FIRST, or
+# the policy named) and more only to flip what the test observed of the schedule, then
+# random ones, within the budget; "random" runs the whole budget from the policy mix.
+EXPLORE_CHOICES = ("observed", "random")
+FIRST = "lazy"
 CAPABILITY_CHOICES = ("sm80", "sm90")
 
 MARKER = "streamorder"
@@ -167,6 +172,11 @@ SETTINGS = (
             "scheduling policy: eager, lazy, random, pct, delay, or mix (cycles "
             + ", ".join(MIX) + ")", marker=True),
     Setting("seed", SEED, 0, "base seed (an int), or 'last' for the last run's", marker=True),
+    Setting("explore", choice(EXPLORE_CHOICES), "observed",
+            "observed: one adversarial schedule (policy " + FIRST + " under mix), more only "
+            "to flip what the test observed of the schedule (a query() result, an allocator "
+            "reuse), then random ones, up to --streamorder-schedules; random: always "
+            "--streamorder-schedules schedules of the policy (mix: cycled)"),
     Setting("max_ops", integer(1), 1_000_000,
             "device ops one schedule may issue before it is stopped with an error"),
     Setting("backend", choice(BACKEND_CHOICES), "auto",

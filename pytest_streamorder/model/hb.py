@@ -59,6 +59,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from .clock import VectorClock, entry, join_into
+from .freed import FreedIndex
 from .objects import Access, AccessSpec, Agent, Allocation, Event, Pending, WaitNote
 from .regions import clip, cut, meets, shift as shifted, within
 from .report import Race
@@ -79,10 +80,10 @@ class HappensBefore:
         self.accesses = 0  # checked so far
         self._seq = 0
         self._allocs = 0
-        self._freed: dict[str, list[Allocation]] = {}  # space -> freed, not yet fully reused
+        self._freed: dict[str, FreedIndex] = {}  # space -> freed, not yet fully reused
         self._stream_names: set[str] = set()
         self._deferred: list[Race] = []  # found when a pending access resolved, not reported
-        self._flagged: set[int] = set()  # seqs of accesses already reported as the later one
+        self._flagged: set[int] = set()  # seqs of paired accesses already reported as the later one
         self.unresolved = 0  # pending accesses whose exact set could not be learnt
         # Report deferred races from the sync methods too (the GPU backend turns it off:
         # its syncs arrive in trace callbacks, inside C++, where an exception is lost).
@@ -211,6 +212,17 @@ class HappensBefore:
         if self._deferred and self.flush_on_sync:
             self.flush()
 
+    def host_knows_stream(self, stream: Agent) -> bool:
+        """Whether the host is ordered after all work issued to `stream` so far."""
+        return entry(self.host.clock, stream.id) >= stream.clock[stream.id]
+
+    def host_knows_event(self, event: Event) -> bool:
+        """Whether the host is ordered after the event's capture (True if never recorded)."""
+        if event.capture is None:
+            return True
+        rec = event.recorded_on.id
+        return entry(self.host.clock, rec) >= entry(event.capture, rec)
+
     # --- memory -----------------------------------------------------------------
 
     def allocate(self, nbytes: int, label: str, site: Site = UNKNOWN_SITE, *,
@@ -250,17 +262,26 @@ class HappensBefore:
         # The caching allocator records an event on each record_stream stream now and
         # hands the block out again only once those events completed.
         alloc.reuse_fences = [list(s.clock) for s in alloc.record_streams]
-        if alloc.address is not None and alloc.shadow:
-            self._freed.setdefault(alloc.space, []).append(alloc)
+        if alloc.address is not None and alloc.shadow and alloc.nbytes > 0:
+            index = self._freed.get(alloc.space)
+            if index is None:
+                index = self._freed[alloc.space] = FreedIndex()
+            index.add(alloc)
+
+    def freed_blocks(self, space: str = "device") -> int:
+        """Freed allocations whose accesses a reuse may still race with."""
+        index = self._freed.get(space)
+        return len(index) if index is not None else 0
 
     def _reuse(self, alloc: Allocation) -> None:
+        """Carry the accesses of the freed blocks `alloc` overlaps into it (freed.py finds
+        them, in the order they were freed, without a scan)."""
+        index = self._freed.get(alloc.space)
+        if index is None:
+            return
         lo, hi = alloc.address, alloc.address + alloc.nbytes
-        still_freed = []
-        for old in self._freed.get(alloc.space, ()):
+        for old in index.take(lo, hi):
             old_lo, old_hi = old.address, old.address + old.nbytes
-            if old_hi <= lo or old_lo >= hi:
-                still_freed.append(old)
-                continue
             shift = old_lo - lo  # old offset + shift = new offset
             for acc in old.shadow:
                 _settle(acc)
@@ -278,8 +299,8 @@ class HappensBefore:
                 # a later reuse race with accesses that alloc's fence already covered.
                 old.shadow = _cut(old.shadow, lo - old_lo, hi - old_lo)
                 if old.shadow:
-                    still_freed.append(old)
-        self._freed[alloc.space] = still_freed
+                    continue  # its other bytes stay in the index
+            index.discard(old)
 
     # --- race detection ---------------------------------------------------------
 
@@ -335,6 +356,7 @@ class HappensBefore:
             pending.access = access
         plain = region is None and pending is None
         race = None
+        paired = False  # in a pair with a pending access: resolve() must know if flagged
         kept = []
         for prev in alloc.shadow:
             if prev.stop <= start or prev.start >= stop:
@@ -373,13 +395,15 @@ class HappensBefore:
             elif is_write or prev.is_write:
                 if pending is not None or prev.pending is not None:
                     self._pair(prev, access, alloc, agent)
+                    paired = True
                 elif race is None:
                     race = Race(prev, access, alloc, _facts(agent))
             kept.append(prev)
         kept.append(access)
         alloc.shadow = kept
         if race is not None:
-            self._flagged.add(access.seq)
+            if paired:  # (only then: the set stays as small as the pairs)
+                self._flagged.add(access.seq)
             self._found(race)
         return race
 
@@ -515,6 +539,8 @@ def _cut(shadow: list[Access], lo: int, hi: int) -> list[Access]:
     kept = []
     for acc in shadow:
         _settle(acc)
+        if acc.start >= acc.stop and acc.pending is None:
+            continue  # touches nothing (a pending op that named no element)
         if acc.stop <= lo or acc.start >= hi:
             kept.append(acc)
             continue

@@ -23,7 +23,7 @@ class Item:
     `cost_ns` is how long it occupies its stream in virtual time (at least 0)."""
 
     __slots__ = ("label", "run", "blocked_on", "done_mark", "cost_ns", "done",
-                 "issued_ns", "finish_ns", "op_count")
+                 "issued_ns", "finish_ns", "op_count", "stream")
 
     def __init__(self, label: str, run: Callable[[], None] | None = None,
                  blocked_on: "EventMark | None" = None, done_mark: "EventMark | None" = None,
@@ -37,6 +37,7 @@ class Item:
         self.issued_ns = 0  # host's virtual time at enqueue: it cannot start before
         self.finish_ns = 0
         self.op_count = 0  # the model's op number on this stream, to mark races in a timeline
+        self.stream: "StreamQueue | None" = None  # set when it is enqueued
 
 
 class EventMark:

@@ -17,11 +17,20 @@ policy may make work late, never impossibly early. The host's clock advances by
 returns False for work that has run, to that work's finish (a polling loop ends).
 Host time spent outside torch calls (`time.sleep`, Python work) is not modelled.
 
+What the host observes of the schedule is recorded (`observations`): a query() result,
+an allocator's reuse decision that depended on completion, and, as plain notes, what
+cannot be steered (an elapsed time, host threads issuing work, accesses the detector
+cannot see). A run without any is decided by one schedule. A run may be given `flips`:
+ordinals of observations whose outcome it turns the other way, when the virtual-time
+model allows the other outcome there (True: the work can be run now and its finish is
+not after the host's clock; False: the host does not know the work complete by an edge).
+
 Torch-free: items are plain callables.
 """
 
 from __future__ import annotations
 
+from threading import get_ident
 from typing import Callable
 
 from .chooser import Chooser, ScheduleDiverged
@@ -30,6 +39,23 @@ from .queues import DEFAULT_OP_NS, EventMark, Item, StreamQueue  # noqa: F401  (
 
 # Virtual time the host spends in one launch call.
 LAUNCH_NS = 500
+# Observations kept per run (a polling loop makes one per poll); later ones are counted.
+MAX_OBSERVATIONS = 4096
+
+
+class Observation:
+    """One schedule-dependent thing the host saw: `kind` ("query", "reuse", or a note
+    such as "elapsed_time", "threads", "data_ptr"), its `outcome`, whether a flip could
+    turn it (`steerable`), and whether this run flipped it."""
+
+    __slots__ = ("kind", "outcome", "steerable", "flipped")
+
+    def __init__(self, kind: str, outcome: bool | None, steerable: bool, flipped: bool):
+        self.kind, self.outcome, self.steerable, self.flipped = kind, outcome, steerable, flipped
+
+    def __repr__(self) -> str:
+        flip = ", flipped" if self.flipped else ""
+        return f"<observation {self.kind}={self.outcome}{flip}>"
 
 
 def _choose_with_reason(chooser) -> Callable[[int, str], int]:
@@ -62,6 +88,11 @@ class Scheduler:
         # When set to a list: what ran when, for a timeline (see pytest_streamorder/timeline.py):
         # ("item", stream, item, start_ns) and ("host", label, start_ns, end_ns).
         self.timeline: list | None = None
+        # What the host observed that depends on the schedule (module docstring).
+        self.observations: list[Observation] = []
+        self.observed = 0  # all of them, also those past MAX_OBSERVATIONS
+        self.flips: frozenset[int] = frozenset()  # ordinals to turn the other way
+        self._host_thread: int | None = None  # the one thread that issued work, so far
         # Only policies that count steps (pct) pay for a call per item run.
         self._after_step = (self.rule.after_step
                             if type(self.rule).after_step is not Policy.after_step else None)
@@ -78,6 +109,12 @@ class Scheduler:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.host_time_ns += self.launch_ns
         item.issued_ns = self.host_time_ns
+        item.stream = stream
+        thread = get_ident()
+        if thread != self._host_thread:
+            if self._host_thread is not None:
+                self.note("threads")  # their interleaving is the OS's, not ours
+            self._host_thread = thread
         stream.queue.append(item)
         stream.last = item
         self._point()
@@ -96,6 +133,54 @@ class Scheduler:
     def stream_completed(self, stream: StreamQueue) -> bool:
         """Whether the host, now, sees all work queued on `stream` complete."""
         return self.completed(stream.last)
+
+    # --- what the host observed ----------------------------------------------------------
+
+    def note(self, kind: str) -> None:
+        """Something schedule-dependent that no flip can steer (an elapsed time, host
+        threads, an access the detector cannot see): the run is not decided by one
+        schedule. Recorded once per kind in a row."""
+        last = self.observations[-1] if self.observations else None
+        if last is not None and last.kind == kind and not last.steerable:
+            return
+        self._record(kind, None, False, False)
+
+    def _record(self, kind: str, outcome, steerable: bool, flipped: bool) -> None:
+        self.observed += 1
+        if len(self.observations) < MAX_OBSERVATIONS:
+            self.observations.append(Observation(kind, outcome, steerable, flipped))
+
+    def _flip_now(self) -> bool:
+        """Whether the observation about to be made is one to turn the other way."""
+        return bool(self.flips) and self.observed in self.flips
+
+    def reusable(self, items) -> bool:
+        """An allocator asks whether a freed block held by `items` (work that used it:
+        record_stream, a non_blocking copy) may be handed out now: when the host sees all
+        of them complete. An observation; flipped, the items run now and the block is
+        reused if they finish in time (never the other way: a fresh block hides nothing; a reuse
+        granted at once is not recorded either)."""
+        completed = self.completed
+        if all(completed(item) for item in items):
+            # Not an observation: the other outcome, a fresh block, hides nothing from
+            # the detector and makes no value stale (an address seen is noted apart).
+            return True
+        flip = self._flip_now()
+        if flip:
+            for item in items:
+                self._run_through(item)
+            outcome = all(completed(item) for item in items)
+        else:
+            outcome = False
+        self._record("reuse", outcome, True, flip and outcome)
+        return outcome
+
+    def _run_through(self, item: Item) -> None:
+        """Run the work `item` needs, and `item`, as if the host waited for it (without
+        the host's clock moving: whether it finished in time is for the caller to see)."""
+        stream = item.stream
+        while not item.done and stream is not None and stream.queue:
+            self._step_forced(stream)
 
     # --- the host waiting ------------------------------------------------------------
 
@@ -134,33 +219,66 @@ class Scheduler:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self.run_until(lambda: mark.done, lambda: mark.time_ns, target=mark.stream)
 
-    def poll(self, mark: EventMark) -> bool:
-        """event.query(): True when the record has completed in virtual time."""
+    def poll(self, mark: EventMark, known: Callable[[], bool] | None = None) -> bool:
+        """event.query(): True when the record has completed in virtual time. `known()`:
+        whether the host is ordered after the record already (then False is impossible)."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         return self._poll(lambda: self.mark_completed(mark),
-                          lambda: mark.time_ns if mark.done else None, mark.stream)
+                          lambda: mark.time_ns if mark.done else None, mark.stream,
+                          lambda: mark.done, known)
 
-    def poll_stream(self, stream: StreamQueue) -> bool:
+    def poll_stream(self, stream: StreamQueue, known: Callable[[], bool] | None = None) -> bool:
         """stream.query(): True when all work queued on it has completed in virtual time."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         return self._poll(lambda: self.stream_completed(stream),
-                          lambda: None if stream.queue else stream.time_ns, stream)
+                          lambda: None if stream.queue else stream.time_ns, stream,
+                          lambda: not stream.queue, known)
 
     def _poll(self, completed: Callable[[], bool], finish_ns: Callable[[], int | None],
-              target: StreamQueue) -> bool:
+              target: StreamQueue, ran: Callable[[], bool],
+              known: Callable[[], bool] | None) -> bool:
         """A query: True if `completed()`. Otherwise the host makes progress, so that a
         loop polling query() always ends whatever the policy: if the work has run, the
         host's clock moves to its finish (the next query sees it complete); if not, one
-        item runs (as while the host is blocked), and the query sees the result."""
+        item runs (as while the host is blocked), and the query sees the result.
+
+        Flipped: a True becomes False when the host knows of no edge after the work (it
+        may run late); a False becomes True when the work, run now, finishes by the
+        host's clock."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        flip = self._flip_now()
         if completed():
-            return True
+            outcome = True
+        else:
+            finish = finish_ns()
+            if finish is not None:  # it ran, and finishes after the host's clock now
+                self._host_waits_until(finish, f"poll {target.name}")
+                self._record("query", False, False, False)
+                return False  # (True is impossible here, flipped or not)
+            self._step_forced(target)
+            outcome = completed()
+        steerable = not outcome or (known is not None and not known())
+        if flip and steerable:
+            natural = outcome
+            if outcome:  # late, as far as the host can tell
+                outcome = False
+            else:  # done now, if it can finish by the host's clock
+                while not ran():
+                    self._step_forced(target)
+                outcome = completed()
+            self._record("query", outcome, True, outcome != natural)
+            return outcome
+        self._record("query", outcome, steerable, False)
+        return outcome
         finish = finish_ns()
         if finish is not None:
             self._host_waits_until(finish, f"poll {target.name}")
-            return False
-        self._step_forced(target)
-        return completed()
+            outcome = False
+        else:
+            self._step_forced(target)
+            outcome = completed()
+        self._record("query", outcome, not outcome or known is None or not known(), False)
+        return outcome
 
     # --- running items -----------------------------------------------------------------
 

@@ -3,7 +3,8 @@
     v1.<policy>.s<seed>.<payload>        e.g. v1.random.s3.AgEDBQIBAQUy9Q
 
 `payload` is base64url (no padding) of: one flags byte, the recorded decisions, and a
-16-bit checksum. Each decision is written as one unsigned LEB128 varint; when the number
+16-bit checksum (with the flips flag, the decisions are preceded by the number of
+observations the run turned the other way and their ordinals, as varints). Each decision is written as one unsigned LEB128 varint; when the number
 of options `n` of every decision is known (our Chooser records it), the pair (choice c,
 options n) is written as the single number n(n-1)/2 + c, which still takes one byte while
 n <= 15, so a replay can check n at every step and say where it diverged. Long bodies are
@@ -37,8 +38,8 @@ VERSION = "v1"
 # The longest token printed on a command line; longer ones are written to a file.
 MAX_INLINE = 200
 BACKENDS = ("cuda",)  # "policies" whose runs are decided by the seed alone
-_DEFLATED, _WITH_OPTIONS = 1, 2
-_KNOWN_FLAGS = _DEFLATED | _WITH_OPTIONS
+_DEFLATED, _WITH_OPTIONS, _FLIPS = 1, 2, 4
+_KNOWN_FLAGS = _DEFLATED | _WITH_OPTIONS | _FLIPS
 FORMS = ("'v1.<policy>.s<seed>.<payload>' (what a failure prints), '@<file>' (a schedule "
          "written to a file), '<policy>:<seed>', or 'cuda:<seed>'")
 
@@ -54,14 +55,20 @@ class Schedule:
     choices: every decision the run made, in order; None when only the seed is known (an
     old `policy:seed` token, or the cuda backend): the seed then decides them again.
     options: how many options each decision had (None: unknown); not part of equality,
-    it only lets a replay notice divergence at the first step."""
+    it only lets a replay notice divergence at the first step.
+    flips: ordinals of the observations (query results, reuse decisions) the run turned
+    the other way (scheduler.py), ascending."""
 
     policy: str
     seed: int | None
     choices: tuple[int, ...] | None
     options: tuple[int, ...] | None = dataclasses.field(default=None, compare=False)
+    flips: tuple[int, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "flips", tuple(sorted(set(self.flips))))
+        if any(f < 0 for f in self.flips):
+            raise ValueError("Schedule.flips are observation ordinals, >= 0")
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(self.choices))
         if self.options is not None:
@@ -83,6 +90,8 @@ class Schedule:
             return f"{self.policy}:{self.seed}"  # seed-only forms stay as they were
         header = _header(self.policy, self.seed)
         flags, body = _encode_body(self.choices, self.options)
+        if self.flips:
+            flags, body = flags | _FLIPS, _encode_flips(self.flips) + body
         check = _checksum(header, flags, body)
         if len(body) > 16:
             packed = _deflate(body)
@@ -105,7 +114,9 @@ class Schedule:
         if note:
             lines += [f"# {line}" for line in note.splitlines()]
         n = len(self.choices) if self.choices is not None else 0
-        lines += [f"# policy {self.policy}, seed {self.seed}, {n} recorded choices", token]
+        flipped = f", observations flipped: {list(self.flips)}" if self.flips else ""
+        lines += [f"# policy {self.policy}, seed {self.seed}, {n} recorded choices{flipped}",
+                  token]
         path.write_text("\n".join(lines) + "\n", encoding="ascii")
         return path
 
@@ -203,8 +214,11 @@ def _parse_versioned(text: str) -> Schedule:
     if _checksum(header, flags & ~_DEFLATED, body) != check:
         raise ReplayTokenError(f"replay token {_short(text)} fails its checksum: it was cut "
                                "off or altered (copy the whole token)")
+    flips = ()
+    if flags & _FLIPS:
+        flips, body = _decode_flips(body, text)
     choices, options = _decode_body(body, bool(flags & _WITH_OPTIONS), text)
-    return Schedule(policy, seed, choices, options)
+    return Schedule(policy, seed, choices, options, flips)
 
 
 # --- encoding helpers --------------------------------------------------------------------
@@ -222,6 +236,38 @@ def _encode_body(choices, options) -> tuple[int, bytes]:
     for c in choices:
         _varint(c, out)
     return 0, bytes(out)
+
+
+def _encode_flips(flips) -> bytes:
+    out = bytearray()
+    _varint(len(flips), out)
+    previous = 0
+    for f in flips:  # ascending: deltas stay small
+        _varint(f - previous, out)
+        previous = f
+    return bytes(out)
+
+
+def _decode_flips(body: bytes, text: str) -> tuple[tuple[int, ...], bytes]:
+    values, at = [], 0
+    count = None
+    while count is None or len(values) < count:
+        value, shift = 0, 0
+        while True:
+            if at >= len(body):
+                raise ReplayTokenError(f"the payload of replay token {_short(text)} ends "
+                                       "inside its flips: the token was cut off")
+            byte = body[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if count is None:
+            count = value
+        else:
+            values.append(value + (values[-1] if values else 0))
+    return tuple(values), body[at:]
 
 
 def _decode_body(body: bytes, with_options: bool, text: str):

@@ -16,7 +16,7 @@ from ..host_threads import locked
 from ..model import Site
 from .cuda_api import install as install_api
 from .. import compiled
-from . import cuda_guard, cuda_key
+from . import cuda_guard, cuda_key, lazy_dynamo
 from .cuda_net import refuse
 from . import graphs
 from .streams import VirtualEvent, VirtualStream
@@ -147,8 +147,6 @@ def _replacements(vd) -> dict:
 
 def install(vd) -> dict:
     """Patch torch.cuda; returns what to restore."""
-    import torch._dynamo  # noqa: F401  (it indexes torch.cuda on import: not while patched)
-
     # Autograd's C++ opens a CUDA device guard for a module whose parameters require
     # grad: without the native guard a plain virtual_device() block would abort there.
     # (A session built it already, before it changed torch.version.cuda.)
@@ -174,10 +172,21 @@ def install(vd) -> dict:
     saved[_NVML] = VirtualNVML(getattr(vd, "gpu", DEFAULT_GPU)).install()
     saved[_KEY] = cuda_key.install()  # factories that C++ composites make by device
     saved[_COMPILE] = compiled.install()  # compiled functions run eagerly
+    # torch._dynamo copies torch.cuda into tables when imported: not up front (1-3 s),
+    # and, if something imports it now, with the originals in place (lazy_dynamo.py).
+    lazy_dynamo.install(lambda: _entries(saved))
     return saved
 
 
+def _entries(saved: dict) -> list:
+    """(owner, name, original) of every torch.cuda patch in `saved`, in the order made."""
+    entries = [(torch.cuda, name, value) for name, value in saved.items() if isinstance(name, str)]
+    api = saved.get(_API)
+    return entries + (api.entries() if api is not None else [])
+
+
 def uninstall(saved: dict) -> None:
+    lazy_dynamo.uninstall()
     undo = saved.pop(_COMPILE, None)
     if undo is not None:
         undo()

@@ -79,7 +79,8 @@ class Run:
 
     def __init__(self, seed: int | None = 0, policy: str = "random", replay: Schedule | None = None,
                  raise_on_race: bool = True, max_ops: int | None = DEFAULT_MAX_OPS,
-                 chooser: Chooser | None = None, record_timeline: bool = False):
+                 chooser: Chooser | None = None, record_timeline: bool = False,
+                 flips: tuple[int, ...] = ()):
         if replay is not None:
             if not isinstance(replay, Schedule):
                 raise TypeError(f"replay= takes a Schedule (vd.schedule), got {type(replay).__name__}")
@@ -87,6 +88,7 @@ class Run:
                 raise ValueError(f"a {replay.policy!r} schedule replays on the real-GPU backend, "
                                  f"not on the virtual device")
             policy, seed = replay.policy, replay.seed
+            flips = replay.flips or flips
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {POLICIES}")
         self.seed = seed
@@ -100,6 +102,9 @@ class Run:
                                    if replay is not None and replay.choices is not None
                                    else Chooser(seed))
         self.scheduler = RunScheduler(policy, self.chooser)
+        # Observations this schedule turns the other way (scheduling/scheduler.py).
+        self.flips = tuple(sorted(set(flips)))
+        self.scheduler.flips = frozenset(self.flips)
         if record_timeline:
             self.scheduler.timeline = []
         self.op_counter = OpCounter(max_ops)
@@ -115,7 +120,7 @@ class Run:
     def schedule(self) -> Schedule:
         options = getattr(self.chooser, "options", None)  # only our Chooser records them
         return Schedule(self.policy, self.seed, tuple(self.chooser.choices),
-                        tuple(options) if options is not None else None)
+                        tuple(options) if options is not None else None, self.flips)
 
     @property
     def host_blocked_s(self) -> float:

@@ -340,6 +340,7 @@ def _repr(vd, func, args, kwargs):
 def _data_ptr(vd, func, args, kwargs):
     self = args[0]
     if isinstance(self, DeviceTensor):
+        vd.scheduler.note("data_ptr")  # an address: memory the detector cannot follow
         return self._vs.block.address + self.storage_offset() * self.element_size()
     return func(*args, **kwargs)
 

@@ -158,10 +158,10 @@ class CachingAllocator:
         pool = self._pools.get((id(stream), size))
         if not pool:
             return None
-        completed = self.device.scheduler.completed
+        reusable = self.device.scheduler.reusable  # an observation when work holds it
         for i in range(len(pool) - 1, -1, -1):  # most recently freed first, like CUDA
             block = pool[i]
-            if all(completed(item) for item in block.pending):
+            if not block.pending or reusable(block.pending):
                 block.pending = []
                 return pool.pop(i)
         return None

@@ -22,6 +22,10 @@ class Patches:
             if getattr(module, name, _MISSING) is original:
                 self.set(module, name, value)
 
+    def entries(self) -> list:
+        """(owner, name, original) of each patch, in the order made."""
+        return list(self._saved)
+
     def undo(self) -> None:
         while self._saved:
             owner, name, value = self._saved.pop()

@@ -59,8 +59,10 @@ class HostBlock:
 
 
 class PinnedHostAllocator:
-    def __init__(self, completed):
+    def __init__(self, completed, reusable=None):
         self._completed = completed  # item -> bool: the host sees it complete (virtual time)
+        # items -> bool: may a block they hold be handed out (an observation of the run)
+        self._reusable = reusable or (lambda items: all(map(completed, items)))
         self._free: dict[int, list[HostBlock]] = {}  # size class -> freed blocks
         self._live: dict[int, HostBlock] = {}  # address -> block handed out
         self.blocks_created = 0
@@ -86,7 +88,7 @@ class PinnedHostAllocator:
         pool = self._free.get(size, [])
         for i in range(len(pool) - 1, -1, -1):  # most recently freed first
             block = pool[i]
-            if all(self._completed(item) for item in block.pending):
+            if not block.pending or self._reusable(block.pending):
                 block.pending = []
                 self.blocks_reused += 1
                 return pool.pop(i)
@@ -137,7 +139,9 @@ def host_allocator(vd) -> PinnedHostAllocator:
     """The device's pinned host allocator (made at first use)."""
     allocator = getattr(vd, "_host_allocator", None)
     if allocator is None:
-        allocator = vd._host_allocator = PinnedHostAllocator(vd.scheduler.completed)
+        # The run's scheduler now, not the first one's: the allocator outlives runs.
+        allocator = vd._host_allocator = PinnedHostAllocator(
+            lambda item: vd.scheduler.completed(item), lambda items: vd.scheduler.reusable(items))
     return allocator
 
 

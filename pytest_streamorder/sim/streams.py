@@ -102,9 +102,10 @@ class VirtualStream(torch.Stream):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         self._vd.check_active("Stream.query")
         self._vd.graphs.forbid("Stream.query()", stream=self)
-        done = self._vd.scheduler.poll_stream(self.queue)
+        hb = self._vd.hb
+        done = self._vd.scheduler.poll_stream(self.queue, lambda: hb.host_knows_stream(self.agent))
         if done:
-            self._vd.hb.sync_stream(self.agent)
+            hb.sync_stream(self.agent)
         return done
 
     @locked
@@ -209,9 +210,10 @@ class VirtualEvent:
         self._vd.graphs.forbid("Event.query()", event=self)
         if self._mark is None:
             return True
-        done = self._vd.scheduler.poll(self._mark)
+        hb = self._vd.hb
+        done = self._vd.scheduler.poll(self._mark, lambda: hb.host_knows_event(self.model_event))
         if done:
-            self._vd.hb.sync_event(self.model_event)
+            hb.sync_event(self.model_event)
         return done
 
     @locked
@@ -232,6 +234,7 @@ class VirtualEvent:
         if not (self.enable_timing and end_event.enable_timing):
             raise RuntimeError("Both events must be created with argument 'enable_timing=True'.")
         scheduler = self._vd.scheduler
+        scheduler.note("elapsed_time")
         for ev in (self, end_event):
             if ev._mark is None or not scheduler.mark_completed(ev._mark):
                 raise RuntimeError(

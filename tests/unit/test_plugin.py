@@ -38,14 +38,15 @@ def test_broken_test_fails_with_report_and_replay_line(pytester):
     result.stdout.fnmatch_lines([
         "*StreamRaceError: stream-order race on 'buf'*",
         "*missing edge: stream 'd2h' read this before waiting for any event recorded on 'fwd'*",
-        "*replay: pytest --streamorder --streamorder-replay=v1.random.s0.* 'test_broken.py::test_d2h_not_gated'*",
+        "*replay: pytest --streamorder --streamorder-replay=v1.lazy.s0.* 'test_broken.py::test_d2h_not_gated'*",
         "*1 tests checked, 1 schedules explored*1 races found*",
     ])
 
 
 def test_correct_twin_passes_every_schedule(pytester):
     pytester.makepyfile(test_correct=CORRECT)
-    result = pytester.runpytest("--streamorder", "--streamorder-schedules=12")
+    result = pytester.runpytest("--streamorder", "--streamorder-schedules=12",
+                                "--streamorder-explore=random")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*1 tests checked, 12 schedules explored*0 races found*"])
 
@@ -70,6 +71,7 @@ def test_header_and_seed_last(pytester):
 
 
 def test_precedence_ini_env_cli_marker(pytester, monkeypatch):
+    monkeypatch.setenv("STREAMORDER_EXPLORE", "random")  # every schedule the budget allows
     pytester.makeini("[pytest]\nstreamorder_schedules = 3\n")
     pytester.makepyfile(test_correct=CORRECT + """
 
@@ -146,7 +148,7 @@ def test_trace_dir_gets_a_perfetto_trace_and_an_html_timeline(pytester):
     pytester.makepyfile(test_broken=BROKEN)
     result = pytester.runpytest("--streamorder", "--streamorder-trace-dir=traces")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*trace: traces/*random-0.trace.json and traces/*random-0.html*"])
+    result.stdout.fnmatch_lines(["*trace: traces/*lazy-0.trace.json and traces/*lazy-0.html*"])
     trace_file, = pytester.path.joinpath("traces").glob("*.trace.json")
     events = json.loads(trace_file.read_text())["traceEvents"]
     tracks = {e["args"]["name"] for e in events if e["ph"] == "M"}
@@ -209,8 +211,8 @@ def test_xdist_gives_the_same_results_and_summary(pytester):
     spread.assert_outcomes(passed=1, failed=1)
     for result in (plain, spread):
         result.stdout.fnmatch_lines([
-            "*--streamorder-replay=v1.random.s7.* 'test_broken.py::test_d2h_not_gated'*",
-            "*2 tests checked, 9 schedules explored, 27 device ops simulated, 1 races found*",
+            "*--streamorder-replay=v1.lazy.s7.* 'test_broken.py::test_d2h_not_gated'*",
+            "*2 tests checked, 2 schedules explored, 6 device ops simulated, 1 races found*",
         ])
 
 

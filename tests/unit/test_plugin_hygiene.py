@@ -49,7 +49,7 @@ def test_the_probe_sees_torch_when_tests_run_under_streamorder(pytester):
     result = pytester.runpytest_subprocess("--streamorder")
     result.assert_outcomes(passed=1)
     assert pytester.path.joinpath("torch_loaded").read_text() == "True"
-    result.stdout.fnmatch_lines(["*1 tests checked, 8 schedules explored*"])
+    result.stdout.fnmatch_lines(["*1 tests checked, 1 schedules explored*"])
 
 
 def test_collect_only_prints_the_header_and_no_summary(pytester):
@@ -115,7 +115,12 @@ def test_a_passing_test_shows_a_section_only_when_passes_are_asked_for(pytester)
     assert SECTION not in plain.stdout.str()
     asked = pytester.runpytest("--streamorder", "--streamorder-schedules=3", "-rA")
     assert asked.stdout.str().count(SECTION) == 1
-    asked.stdout.fnmatch_lines([f"*{SECTION}*", "3 schedule(s), 9 device ops, 0 race(s)"])
+    # no timing-dependent observation: one schedule decides it, and the section says so
+    asked.stdout.fnmatch_lines([f"*{SECTION}*", "1 schedule(s), 3 device ops, 0 race(s)",
+                                "1 schedule: no timing-dependent observation"])
+    forced = pytester.runpytest("--streamorder", "--streamorder-schedules=3", "-rA",
+                                "--streamorder-explore=random")
+    forced.stdout.fnmatch_lines([f"*{SECTION}*", "3 schedule(s), 9 device ops, 0 race(s)"])
 
 
 def test_a_failure_says_its_replay_line_once_and_has_one_section(pytester):
@@ -126,7 +131,7 @@ def test_a_failure_says_its_replay_line_once_and_has_one_section(pytester):
     # the report itself; under CI=true pytest also repeats the whole message in its short
     # summary, which is pytest's, not ours
     report = out.split("short test summary info")[0]
-    assert report.count("replay: pytest --streamorder --streamorder-replay=v1.random.s0.") == 1
+    assert report.count("replay: pytest --streamorder --streamorder-replay=v1.lazy.s0.") == 1
     assert out.count(SECTION) == 1
     result.stdout.fnmatch_lines([f"*{SECTION}*", "1 schedule(s), 3 device ops, 1 race(s)"])
 
@@ -174,7 +179,8 @@ def test_fails_on_the_third_run():
 
 def test_the_trace_is_of_the_failing_run_itself(pytester):
     pytester.makepyfile(test_counted=COUNTED)
-    result = pytester.runpytest("--streamorder", "--streamorder-trace-dir=traces", "-p", "no:randomly")
+    result = pytester.runpytest("--streamorder", "--streamorder-trace-dir=traces", "-p", "no:randomly",
+                                "--streamorder-explore=random")
     result.assert_outcomes(failed=1)
     # Schedules 1 and 2 pass; the third (policy pct, seed 2) fails: its trace is written
     # from that run, so the body ran three times, not four.
@@ -196,7 +202,7 @@ def test_a_trace_that_cannot_be_written_keeps_the_replay_line(pytester):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*StreamRaceError: stream-order race on 'buf'*",
-        "*replay: pytest --streamorder --streamorder-replay=v1.random.s0.* 'test_broken.py::test_d2h_not_gated'*",
+        "*replay: pytest --streamorder --streamorder-replay=v1.lazy.s0.* 'test_broken.py::test_d2h_not_gated'*",
         "*trace: not written to traces: FileExistsError*"])
 
 
