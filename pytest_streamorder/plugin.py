@@ -506,6 +506,8 @@ class StreamOrderRun:
                 inner(*args, **kwargs)
                 device.drain_quietly()
             finally:
+                if chooser is not None:
+                    chooser.freeze()  # the example is over: leftover work draws nothing
                 device.end_of_test()
                 device.start_run(outer)
                 self._count(run)

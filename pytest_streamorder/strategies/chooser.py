@@ -52,13 +52,21 @@ class HypothesisChooser:
             self._draw = lambda n: cd.draw(st.integers(0, n - 1))
         else:
             raise InvalidArgument(f"HypothesisChooser needs st.data()'s object, got {data!r}")
+        self._data = cd
         self.choices: list[int] = []
         self.frozen = False
 
     def choose(self, n: int) -> int:
         if n <= 1:
             return 0
-        c = 0 if self.frozen else self._draw(n)
+        # After the test case ended (its data concluded: passed, failed or overran), work
+        # still queued runs without drawing: a draw from frozen data raises `Frozen`
+        # and would hide how the example really ended.
+        if self.frozen or getattr(self._data, "frozen", False):
+            self.frozen = True
+            c = 0
+        else:
+            c = self._draw(n)
         self.choices.append(c)
         return c
 

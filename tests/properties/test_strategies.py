@@ -155,3 +155,19 @@ def test_a_schedule_drawn_from_hypothesis_replays_exactly(program, schedule):
     again = run_program(program, replayed, device="virtual")
     assert again.vd.schedule == recorded
     assert again.vd.ops_issued == first.vd.ops_issued
+
+
+def test_chooser_draws_nothing_once_the_test_case_is_over():
+    """Work still queued when an example ended (it failed, or its data overran) runs
+    without drawing: a draw from concluded data raised Hypothesis' `Frozen`, which hid
+    how the example ended (a flake of the reference suite)."""
+    from hypothesis.internal.conjecture.data import ConjectureData
+
+    from pytest_streamorder.strategies import HypothesisChooser
+
+    data = ConjectureData.for_choices([2, 1])
+    chooser = HypothesisChooser(data)
+    assert chooser.choose(4) == 2
+    data.freeze()
+    assert chooser.choose(4) == 0 and chooser.frozen
+    assert chooser.choices == [2, 0]
