@@ -16,6 +16,8 @@ import torch
 class PinnedRegistry:
     def __init__(self, on_free=None):
         self._allocs: dict[int, object] = {}  # storage address -> model Allocation
+        # The same dict, for per-call checks that must not pay a method call: read only.
+        self.allocs = self._allocs
         self._keep: list = []  # storages kept alive (when there is no on_free)
         self._on_free = on_free
 

@@ -61,12 +61,18 @@ def _is_cuda(device) -> bool:
 
 
 def _has_device_tensor(args, kwargs) -> bool:
+    # Plain loops, no generators: this runs on every indexing call, host ones included.
     for v in args:
         if isinstance(v, DeviceTensor):
             return True
-        if isinstance(v, (list, tuple)) and any(isinstance(x, DeviceTensor) for x in v):
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                if isinstance(x, DeviceTensor):
+                    return True
+    for v in kwargs.values():
+        if isinstance(v, DeviceTensor):
             return True
-    return any(isinstance(v, DeviceTensor) for v in kwargs.values())
+    return False
 
 
 def _grad_on_device(args, kwargs) -> bool:
@@ -105,6 +111,9 @@ def _guarded_call(func, args, kwargs):
     return _untwin(func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()}))
 
 
+_NO_KWARGS: dict = {}  # never written: the keywords of a call that has none
+
+
 class FunctionMode(TorchFunctionMode):
     def __init__(self, vd):
         super().__init__()
@@ -112,8 +121,15 @@ class FunctionMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        kwargs = kwargs or {}
         vd = self.vd
+        if not kwargs and not vd._pinned.allocs and not runtime.guard_missing \
+                and func not in FUNCTION_HANDLERS:
+            # The common case, most of all for host-only calls: no keyword can make a
+            # factory or pin memory, no pinned operand to watch. Same outcome as below.
+            if func in GUARDED and _has_device_tensor(args, _NO_KWARGS):
+                return _guarded_call(func, args, _NO_KWARGS)
+            return func(*args)
+        kwargs = kwargs or {}
         if runtime.guard_missing and _grad_on_device(args, kwargs):
             # Without the native guard (cuda_guard.py), autograd's C++ would abort here.
             raise NotModelledError(f"{call_name(func)} on a virtual CUDA tensor that requires grad",
@@ -310,7 +326,8 @@ def _tolist(vd, func, args, kwargs):
     self = args[0]
     if isinstance(self, DeviceTensor):
         return self.cpu().tolist()
-    vd.host_read(self, "Tensor.tolist", Site.here(2))
+    if vd._pinned.allocs:  # only a pinned tensor's read is an access (no stack capture else)
+        vd.host_read(self, "Tensor.tolist", Site.here(2))
     return func(*args, **kwargs)
 
 
@@ -322,7 +339,8 @@ def _numpy(vd, func, args, kwargs):
     if func is T.numpy and vd.pinned_alloc(self) is not None:
         # A view, not a read: accesses through it are reported (ops/numpy_views.py).
         return host_result(func, func(*args, **kwargs), args)
-    vd.host_read(self, "Tensor.numpy", Site.here(2))
+    if vd._pinned.allocs:  # only a pinned tensor's read is an access
+        vd.host_read(self, "Tensor.numpy", Site.here(2))
     return func(*args, **kwargs)
 
 

@@ -1,0 +1,34 @@
+"""What `--streamorder` costs a test that does host (CPU) tensor work: the reference
+overlap loop on device="cpu" (371 small torch calls, no device work), plain against
+under an attached virtual device. Under the plugin the session's device stays attached
+for every test, so each of those calls passes through its function mode: that per-call
+tax is what this measures (attaching is not part of a test's cost, and not timed here).
+
+Run: python -m pytest tests/benchmarks/test_host_heavy_overhead.py --benchmark-only \
+         --benchmark-timer=time.process_time
+The ratio lands in extra_info of the "under_device" case. Nothing here asserts a time.
+"""
+
+import timeit
+
+import pytest
+
+import pytest_streamorder as so
+
+from .test_virtual_device_overhead import overlap_program
+
+
+def test_host_plain(benchmark):
+    results = benchmark(overlap_program, "cpu", 0)
+    assert len(results) == 8
+
+
+@pytest.mark.parametrize("policy", ["delay"])
+def test_host_under_device(benchmark, policy):
+    with so.virtual_device(seed=0, policy=policy) as vd:
+        results = benchmark(overlap_program, "cpu", 0)
+        assert vd.ops_issued == 0  # host work only: nothing reached the device
+    assert len(results) == 8
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        plain = min(timeit.repeat(lambda: overlap_program("cpu", 0), number=20, repeat=5)) / 20
+        benchmark.extra_info["ratio_to_plain"] = round(benchmark.stats.stats.median / plain, 2)
