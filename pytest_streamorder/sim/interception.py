@@ -442,7 +442,9 @@ FUNCTION_HANDLERS[T.new_tensor] = _new_tensor
 def dispatch(func, types, args, kwargs):
     """An aten op with a device tensor (or twin) argument."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
-    vd = active_device(f"{func} on a virtual CUDA tensor")
+    vd = current()  # the common case first: no error text formatted per op
+    if vd is None:
+        vd = active_device(f"{func} on a virtual CUDA tensor")
     threads.ensure_thread_mode()  # device tensors reach here from any thread
     kwargs = kwargs or {}
     if Twin in types:

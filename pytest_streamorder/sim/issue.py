@@ -25,7 +25,7 @@ from ..ops.indexed import indexed, pending_for, touched
 from ..ops.ranges import layout_set, register_cache
 from ..ops.schema import op_info
 from .generators import draw_seed
-from .tensor import DeviceTensor, view_of
+from .tensor import DeviceTensor, view_of, view_of_unmoded
 
 aten = torch.ops.aten
 
@@ -114,6 +114,10 @@ class Ref:
     def view(self) -> torch.Tensor:
         return view_of(self.block, self.dtype, self.size, self.stride, self.offset)
 
+    def unmoded_view(self) -> torch.Tensor:
+        """view(), where torch function modes are disabled (materialize's callers)."""
+        return view_of_unmoded(self.block, self.dtype, self.size, self.stride, self.offset)
+
 
 def capture(value):
     """Replace device tensors by Refs and snapshot host tensors (their value now)."""
@@ -127,8 +131,9 @@ def capture(value):
 
 
 def materialize(value):
+    """Refs to CPU views; called with torch function and dispatch modes disabled."""
     if isinstance(value, Ref):
-        return value.view()
+        return value.unmoded_view()
     if isinstance(value, (list, tuple)):
         return type(value)(materialize(v) for v in value)
     return value
@@ -156,7 +161,7 @@ def run_captured(func, cargs, ckwargs, outs: list, seed: int | None):
                 # The CPU kernel leaves it empty where the meta kernel sizes it (batch
                 # norm's saved statistics in eval): unspecified, it stays uninitialised.
                 continue
-            aten.copy_.default(ref.view(), value)
+            ref.unmoded_view().copy_(value)  # modes are off: the method is the op
 
 
 def issue(vd, func, args, kwargs, site: Site):

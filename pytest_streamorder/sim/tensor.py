@@ -77,11 +77,21 @@ class Twin(torch.Tensor):
         return _dispatch(func, types, args, kwargs)
 
 
-def view_of(block, dtype: torch.dtype, size, stride, offset: int) -> torch.Tensor:
-    """A strided view of a block's bytes as dtype, without any dispatch mode seeing it."""
+def _flat(block, dtype: torch.dtype) -> torch.Tensor:
     flat = block.typed.get(dtype)
     if flat is None:
         data = block.data
         usable = data.numel() // dtype.itemsize * dtype.itemsize
         flat = block.typed[dtype] = data[:usable].view(dtype)
-    return torch.ops.aten.as_strided.default(flat, size, stride, offset)
+    return flat
+
+
+def view_of(block, dtype: torch.dtype, size, stride, offset: int) -> torch.Tensor:
+    """A strided view of a block's bytes as dtype, without any dispatch mode seeing it."""
+    return torch.ops.aten.as_strided.default(_flat(block, dtype), size, stride, offset)
+
+
+def view_of_unmoded(block, dtype: torch.dtype, size, stride, offset: int) -> torch.Tensor:
+    """view_of for a caller that has disabled torch function modes already (queued work
+    running): the tensor method skips the aten op's Python call, ~1.3 us a view."""
+    return _flat(block, dtype).as_strided(size, stride, offset)
