@@ -53,9 +53,11 @@ def test_virtual_device(benchmark, policy):
     assert vd.races == []
     assert vd.ops_issued > STEPS * 8  # the program really ran on the device
     if benchmark.stats is not None:  # None under --benchmark-disable
-        mean = benchmark.stats.stats.mean
+        # The median: a full (generation 2) garbage collection of torch's ~300k objects
+        # lands in about one schedule in 40 and would dominate a mean of few rounds.
+        median = benchmark.stats.stats.median
         eager_cpu = min(timeit.repeat(lambda: overlap_program("cpu", 0), number=5, repeat=5)) / 5
-        benchmark.extra_info["schedules_per_s"] = round(1 / mean, 1)
-        benchmark.extra_info["ratio_to_eager_cpu"] = round(mean / eager_cpu, 1)
+        benchmark.extra_info["schedules_per_s"] = round(1 / median, 1)
+        benchmark.extra_info["ratio_to_eager_cpu"] = round(median / eager_cpu, 1)
         benchmark.extra_info["device_ops_per_schedule"] = vd.ops_issued
-        benchmark.extra_info["device_ops_per_s"] = round(vd.ops_issued / mean)
+        benchmark.extra_info["device_ops_per_s"] = round(vd.ops_issued / median)
