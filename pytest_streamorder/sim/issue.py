@@ -34,9 +34,8 @@ aten = torch.ops.aten
 
 def _layout_key(value):
     if isinstance(value, torch.Tensor):
-        if isinstance(value, DeviceTensor):
-            return ("D", value.dtype, tuple(value.shape), value.stride(), value.storage_offset(),
-                    value._vs.block.nbytes)
+        if isinstance(value, DeviceTensor):  # _layout: no torch call, no function mode
+            return ("D", value.dtype, value._layout, value._vs.block.nbytes)
         return ("C", value.dtype, tuple(value.shape), value.stride(), value.storage_offset())
     if isinstance(value, (list, tuple)):
         return tuple(_layout_key(v) for v in value)
