@@ -19,6 +19,8 @@ SMALL_SIZE = 1 << 20  # CUDA's allocator: blocks up to 1 MiB come from the small
 COUNTERS = ("allocation", "segment", "active", "inactive_split", "allocated_bytes",
             "reserved_bytes", "active_bytes", "inactive_split_bytes", "requested_bytes")
 POOLS = ("all", "small_pool", "large_pool")
+# What one allocation moves, in the order allocated()/freed() pass amounts.
+_PER_ALLOC = ("allocation", "active", "allocated_bytes", "active_bytes", "requested_bytes")
 
 
 class Stat:
@@ -44,6 +46,7 @@ class Stat:
 class MemoryStats:
     def __init__(self):
         self._stats = {c: {p: Stat() for p in POOLS} for c in COUNTERS}
+        self._per_alloc = {p: tuple(self._stats[c][p] for c in _PER_ALLOC) for p in POOLS}
         self.num_device_alloc = 0
         self.num_device_free = 0
 
@@ -55,15 +58,26 @@ class MemoryStats:
 
     # --- what the allocator model reports -------------------------------------------
 
+    # allocated/freed run for every device tensor: the five Stats they move in each pool
+    # are looked up once, and updated inline (Stat.add/sub without the calls).
+
+    def _moved(self, block_bytes: int) -> tuple:
+        pool = "small_pool" if block_bytes <= SMALL_SIZE else "large_pool"
+        return self._per_alloc["all"] + self._per_alloc[pool]
+
     def allocated(self, block_bytes: int, requested: int) -> None:
-        for counter, n in (("allocation", 1), ("active", 1), ("allocated_bytes", block_bytes),
-                           ("active_bytes", block_bytes), ("requested_bytes", requested)):
-            self._change(counter, block_bytes, n)
+        amounts = (1, 1, block_bytes, block_bytes, requested) * 2
+        for stat, n in zip(self._moved(block_bytes), amounts):
+            stat.current += n
+            stat.allocated += n
+            if stat.current > stat.peak:
+                stat.peak = stat.current
 
     def freed(self, block_bytes: int, requested: int) -> None:
-        for counter, n in (("allocation", 1), ("active", 1), ("allocated_bytes", block_bytes),
-                           ("active_bytes", block_bytes), ("requested_bytes", requested)):
-            self._change(counter, block_bytes, -n)
+        amounts = (1, 1, block_bytes, block_bytes, requested) * 2
+        for stat, n in zip(self._moved(block_bytes), amounts):
+            stat.current -= n
+            stat.freed += n
 
     def reserved(self, block_bytes: int) -> None:
         self.num_device_alloc += 1
