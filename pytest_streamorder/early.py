@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.abc
-import importlib.machinery
 import os
 import sys
 import warnings
 
 import pytest
 
+from .after_import import after_import
 from .settings import Settings
 
 # The session runtime of a config (each pytester run in-process has its own config).
@@ -117,27 +116,4 @@ def session_runtime(config):
 def _after_torch_import(callback) -> None:
     """Call `callback()` right after the first `import torch` completes (now, if torch
     was imported already)."""
-    if "torch" in sys.modules:
-        callback()
-    else:
-        sys.meta_path.insert(0, _AfterTorch(callback))
-
-
-class _AfterTorch(importlib.abc.MetaPathFinder):
-    def __init__(self, callback):
-        self.callback = callback
-
-    def find_spec(self, name, path, target=None):
-        if name != "torch":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            exec_module, callback = spec.loader.exec_module, self.callback
-
-            def exec_then_install(module):
-                exec_module(module)
-                callback()
-
-            spec.loader.exec_module = exec_then_install
-        return spec
+    after_import("torch", callback)

@@ -412,7 +412,12 @@ class StreamOrderRun:
                 if state.failed_calls:  # it failed: say which race the failure came from
                     self._note_races(state, self.session.device.races_after_failure())
                 else:
-                    self.session.device.drain_quietly()
+                    device = self.session.device
+                    device.drain_quietly()
+                    # A race found as the drain resolved a pending access (an indexed op,
+                    # a Triton launch) fails teardown here, with its report, not the
+                    # session later.
+                    device.hb.flush()
                 self._check_replay(state)
             elif state is not None and getattr(state.run, "active", False):
                 self._end_cuda_run(state)

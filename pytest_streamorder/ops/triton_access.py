@@ -23,11 +23,10 @@ Torch-free and triton-free at import: the plugin may name these without loading 
 from __future__ import annotations
 
 import ast
-import importlib.abc
-import importlib.machinery
 import inspect
-import sys
 import textwrap
+
+from ..after_import import after_import, stop_waiting  # noqa: F401  (stop_waiting: the backends)
 
 # By name: triton.language functions, and the same as methods of a pointer tensor or a
 # tensor descriptor (`ptrs.store(v)`, `desc.load([0, 0])`); other atomic_* read and write.
@@ -347,34 +346,4 @@ def declared_accesses(kernel):
 def when_triton_imported(callback):
     """Call `callback()` now if triton is imported, else right after `import triton`
     completes. Returns the import hook still waiting (for stop_waiting), or None."""
-    if "triton" in sys.modules:
-        callback()
-        return None
-    hook = _AfterTriton(callback)
-    sys.meta_path.insert(0, hook)
-    return hook
-
-
-def stop_waiting(hook) -> None:
-    if hook is not None and hook in sys.meta_path:
-        sys.meta_path.remove(hook)
-
-
-class _AfterTriton(importlib.abc.MetaPathFinder):
-    def __init__(self, callback):
-        self.callback = callback
-
-    def find_spec(self, name, path, target=None):
-        if name != "triton":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            exec_module, callback = spec.loader.exec_module, self.callback
-
-            def exec_then_call(module):
-                exec_module(module)
-                callback()
-
-            spec.loader.exec_module = exec_then_call
-        return spec
+    return after_import("triton", callback)
