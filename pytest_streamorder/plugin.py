@@ -229,7 +229,7 @@ class StreamOrderRun:
             # Work queued outside this test (import time, an earlier test's broader
             # fixtures) runs now, and the host learns nothing from it (no edge).
             device.drain_quietly()
-        self._snapshot = self._snapshot_memory() if budget > 1 else None
+        self._replace_snapshot(self._snapshot_memory() if budget > 1 else None)
         index = 0
         while index < len(plan):
             policy, seed, flips = (plan[index] + ((),))[:3]
@@ -269,7 +269,7 @@ class StreamOrderRun:
                 break
             index += 1
         schedules = len(self._examples) if self._examples is not None else index + 1
-        self._snapshot = None
+        self._replace_snapshot(None)
         self._finish(item, reports, state, schedules)
         return reports
 
@@ -283,6 +283,13 @@ class StreamOrderRun:
         if self.backend == "cuda":
             return _import("pytest_streamorder.gpu.snapshot").take()
         return None
+
+    def _replace_snapshot(self, snap) -> None:
+        """The GPU's snapshot holds C++ weak references: released here, not by a finalizer."""
+        old, self._snapshot = self._snapshot, snap
+        release = getattr(old, "release", None)
+        if release is not None:
+            release()
 
     def _restore_memory(self) -> None:
         snap = self._snapshot
@@ -398,7 +405,7 @@ class StreamOrderRun:
                 and self._snapshot is not None:
             # A broader fixture outlives this schedule: later ones start from its memory
             # as it is now (its queued work run, without any happens-before edge).
-            self._snapshot = self._snapshot_memory()
+            self._replace_snapshot(self._snapshot_memory())
         return result
 
     @pytest.hookimpl(wrapper=True)

@@ -105,17 +105,13 @@ class GpuMemorySnapshot:
             torch.cuda.synchronize()
 
     def release(self) -> None:
-        """Drop the weak references (call once; the snapshot is empty afterwards)."""
+        """Drop the weak references (the snapshot is empty afterwards). Called by its
+        owner, never from a finalizer: nothing of ours runs inside the garbage collector
+        (see pinned.py)."""
         pinned, self.pinned = self.pinned, []
         for weak, _data in pinned:
             torch.UntypedStorage._free_weak_ref(weak)
         self.blocks = []
-
-    def __del__(self):
-        try:
-            self.release()
-        except Exception:  # interpreter shutdown: nothing left to free
-            pass
 
 
 def take() -> GpuMemorySnapshot:

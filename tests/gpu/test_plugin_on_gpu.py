@@ -55,23 +55,9 @@ def test_kernel(streamorder):
 # --- the session scope on the GPU backend (the same programs as on the virtual device) ---
 
 def test_broader_fixture_memory_is_restored_per_schedule_on_the_gpu(pytester):
-    from tests.unit.test_session_runtime import FIXTURES
+    from tests.unit.test_session_runtime import FIXTURES, POOL_TESTS
     pytester.makeconftest(FIXTURES.format(sync="side.synchronize()"))
-    pytester.makepyfile(test_pool="""
-import torch, conftest
-
-def test_mutates_and_reads(pool, scratch):
-    buf, staging = pool
-    assert buf.tolist() == list(range(8))        # the initial value, on every schedule
-    assert staging.tolist() == list(range(8))    # pinned: registered by the fixture's copy
-    buf.mul_(10)
-    staging.fill_(-1)
-    scratch.copy_(buf)
-    assert scratch.tolist() == [10 * i for i in range(8)]
-
-def test_counts():
-    assert conftest.SETUPS == {"session": 1, "module": 1, "function": 5}
-""")
+    pytester.makepyfile(test_pool=POOL_TESTS)  # pinned staging: registered by the fixture
     result = pytester.runpytest_subprocess("--streamorder", "--streamorder-backend=cuda",
                                            "--streamorder-schedules=5", "-p", "no:randomly")
     result.assert_outcomes(passed=2)

@@ -167,9 +167,8 @@ def scratch():
 """
 
 
-def test_broader_fixtures_run_once_and_their_memory_is_restored_per_schedule(pytester):
-    pytester.makeconftest(FIXTURES.format(sync="side.synchronize()"))
-    pytester.makepyfile(test_pool="""
+# Uses FIXTURES on 5 schedules (also run on a real GPU: tests/gpu/test_plugin_on_gpu.py).
+POOL_TESTS = """
 import torch, conftest
 
 def test_mutates_and_reads(pool, scratch):
@@ -183,7 +182,12 @@ def test_mutates_and_reads(pool, scratch):
 
 def test_counts():
     assert conftest.SETUPS == {"session": 1, "module": 1, "function": 5}
-""")
+"""
+
+
+def test_broader_fixtures_run_once_and_their_memory_is_restored_per_schedule(pytester):
+    pytester.makeconftest(FIXTURES.format(sync="side.synchronize()"))
+    pytester.makepyfile(test_pool=POOL_TESTS)
     result = _run(pytester, "--streamorder-schedules=5", "--streamorder-explore=random")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*2 tests checked, 10 schedules explored*0 races found*"])
