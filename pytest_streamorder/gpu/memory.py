@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..model import Site
+from ..ops.frames import user_location_here
 from ..ops.naming import TensorLabel
 from ..ops.ranges import storage_base
 from .pinned import PinnedBlocks
@@ -45,7 +46,7 @@ class DeviceMemory:
     def _pinned_freed(self, alloc) -> None:
         """PinnedBlocks noticed that a registered pinned storage is gone."""
         if self.active:
-            self.hb.free(alloc, Site.here(2, self.depth))
+            self.hb.free(alloc, user_location_here(2))
 
     def _pinned_of(self, t: torch.Tensor, site: Site):
         """The model allocation of a pinned host tensor (registered on first sight), or

@@ -26,6 +26,13 @@ def _is_cuda_device(dev) -> bool:
 
 
 class DispatchMode(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch otherwise wraps __torch_dispatch__ in torch._disable_dynamo (about 10 us
+        # per op on the H200's host). Nothing compiles while the backend is attached:
+        # compiled functions run eagerly (compiled.py).
+        return False
+
     def __init__(self, be):
         super().__init__()
         self.be = be

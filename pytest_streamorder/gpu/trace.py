@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..host_threads import locked
 from ..model import Site
+from ..ops.frames import user_location_here
 from .debug import DEBUG as _DEBUG
 
 
@@ -53,16 +54,19 @@ class TraceCallbacks:
         else:
             fn(*args)
 
+    # Event and free sites are reported by their location only (report.py): the user's
+    # frame is enough, and cheaper to find than a full stack from inside torch's C++.
+
     def _cb_record(self, event: int, stream: int) -> None:
         if self.active:
-            self._defer(self._record, event, stream, Site.here(1, self.depth + 5))
+            self._defer(self._record, event, stream, user_location_here(1))
 
     def _record(self, event: int, stream: int, site: Site) -> None:
         self.hb.record(self._event_by_ptr(event), self._agent_by_ptr(stream), site)
 
     def _cb_wait(self, event: int, stream: int) -> None:
         if self.active:
-            self._defer(self._wait, event, stream, Site.here(1, self.depth + 5))
+            self._defer(self._wait, event, stream, user_location_here(1))
 
     def _wait(self, event: int, stream: int, site: Site) -> None:
         self.hb.wait(self._agent_by_ptr(stream), self._event_by_ptr(event), site)
@@ -99,4 +103,4 @@ class TraceCallbacks:
         if self.active:
             alloc = self._live.pop(ptr, None)
             if alloc is not None:
-                self.hb.free(alloc, Site.here(1, self.depth + 5))
+                self.hb.free(alloc, user_location_here(1))

@@ -40,3 +40,19 @@ def user_pyframe(skip: int = 1):
     while frame is not None and is_internal(frame.f_code):
         frame = frame.f_back
     return frame
+
+
+def user_location_here(skip: int = 1) -> Site:
+    """A Site of just the innermost user frame above the caller (all frames walked if
+    none is the user's): for events and frees, whose reports name only their location.
+    Cheaper than Site.here when the call comes from deep inside torch (a trace callback)."""
+    frame = sys._getframe(skip + 1)
+    walked = []
+    while frame is not None:
+        code = frame.f_code
+        walked.append((code, frame.f_lineno))
+        if not is_internal(code):
+            return Site((walked[-1],))
+        frame = frame.f_back
+    return Site(tuple(walked))
+
