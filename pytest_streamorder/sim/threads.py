@@ -32,12 +32,13 @@ _owner: int | None = None  # the thread that entered the active device (it has i
 _make_mode = None  # the ThreadMode class (interception.py hands it over: no import cycle)
 
 
-def start(make_mode) -> None:
-    """The calling thread has entered a virtual device: set up every other thread."""
+def start(make_mode, on_spawn=None) -> None:
+    """The calling thread has entered a virtual device: set up every other thread.
+    `on_spawn()` runs in a thread that starts a thread or submits pool work."""
     global _owner, _make_mode
     _owner = threading.get_ident()
     _make_mode = make_mode
-    host_threads.install(ensure_thread_mode)
+    host_threads.install(ensure_thread_mode, on_spawn)
 
 
 def stop() -> None:
