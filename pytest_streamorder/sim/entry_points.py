@@ -64,12 +64,12 @@ def _not_host(device) -> bool:
     return not (isinstance(device, torch.device) and device.type == "cpu")
 
 
-def _function_entry(original, handle):
+def _function_entry(original, handle, mode_on):
     def entry(*args, **kwargs):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if kwargs and (_not_host(kwargs.get("device")) or kwargs.get("pin_memory")):
             vd = current()
-            if vd is not None and vd.active:
+            if vd is not None and vd.active and not mode_on():
                 with _NO_SUBCLASS():
                     return handle(vd, original, args, kwargs)
         return original(*args, **kwargs)
@@ -79,11 +79,11 @@ def _function_entry(original, handle):
     return entry
 
 
-def _method_entry(original, handle):
+def _method_entry(original, handle, mode_on):
     def entry(self, *args, **kwargs):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         vd = current()
-        if vd is None or not vd.active:
+        if vd is None or not vd.active or mode_on():
             return original(self, *args, **kwargs)
         with _NO_SUBCLASS():
             return handle(vd, original, (self, *args), kwargs)
@@ -93,23 +93,25 @@ def _method_entry(original, handle):
     return entry
 
 
-def install(handle, originals: dict) -> list:
+def install(handle, mode_on, originals: dict) -> list:
     """Wrap the entry points; returns what `uninstall` restores. `originals` gets
-    wrapper -> original for each wrapped method."""
+    wrapper -> original for each wrapped method. Where `mode_on()` (one of our function
+    modes is pushed in the calling thread), a wrapper calls torch at once: the mode
+    handles the call, once."""
     from torch.jit._builtins import _find_builtin, _register_builtin
 
     saved = []
     for name in _factory_names():
         original = getattr(torch, name)
         saved.append((torch, name, original))
-        wrapped = _function_entry(original, handle)
+        wrapped = _function_entry(original, handle, mode_on)
         builtin = _find_builtin(original)
         if builtin is not None:
             _register_builtin(wrapped, builtin)
         setattr(torch, name, wrapped)
     for name in METHODS:
         saved.append((torch.Tensor, name, torch.Tensor.__dict__.get(name)))
-        wrapped = _method_entry(getattr(torch.Tensor, name), handle)
+        wrapped = _method_entry(getattr(torch.Tensor, name), handle, mode_on)
         originals[wrapped] = getattr(torch.Tensor, name)
         setattr(torch.Tensor, name, wrapped)
     return saved

@@ -1,13 +1,20 @@
 """Where torch calls enter the virtual device.
 
-- A TorchFunctionMode, active inside `virtual_device()`, sees Python-level calls
-  first: factories with device="cuda", .cuda()/.to(), pinned memory, record_stream,
-  tolist/numpy/repr, host accesses to pinned tensors, and the few methods whose C++
-  installs a CUDA device guard before dispatch (those get a cpu-device twin).
+- `handle` is the one description of what a torch call does on the device: factories
+  with device="cuda", .cuda()/.to(), pinned memory, record_stream, tolist/numpy/repr,
+  host accesses to pinned tensors, and the few methods whose C++ installs a CUDA device
+  guard before dispatch (those get a cpu-device twin). It is reached from
+  - DeviceTensor.__torch_function__ (`device_function`): every call with a device tensor
+    argument, in any thread;
+  - the entry points patched while attached (entry_points.py): factories by device,
+    pin_memory=True, .cuda()/.to()/.pin_memory()/.is_pinned() of host tensors;
+  - a TorchFunctionMode, pushed in the owner thread only while host-only calls need it
+    (`arm`/`settle`: while pinned memory is registered, or once the owner started
+    threads), and a ThreadMode in other threads (threads.py). A no-op Python mode alone
+    costs 1.68x on host-heavy code, so with neither, host calls never enter Python.
 - Every aten op with a device tensor argument then reaches `dispatch` through the
   device tensor's __torch_dispatch__: it is issued to a stream (issue.py), and copies
-  between host and device follow CUDA's copy rules. Host-only ops never enter Python
-  dispatch, which keeps the host side of a program nearly as fast as plain torch.
+  between host and device follow CUDA's copy rules.
 """
 
 from __future__ import annotations
@@ -652,6 +659,14 @@ def arm(vd) -> None:
         state.pushed = True
 
 
+def _mode_on() -> bool:
+    """Whether one of our function modes is pushed in the calling thread."""
+    state = _state
+    if state is not None and state.pushed and threads.is_owner():
+        return True
+    return threads.has_thread_mode()
+
+
 def _on_spawn() -> None:
     """The calling thread starts a thread or submits pool work (host_threads.py)."""
     state = _state
@@ -700,7 +715,7 @@ def enter(vd) -> Interception:
     threads.start(ThreadMode, on_spawn=_on_spawn)
     state = _state = Interception(vd)
     try:
-        state.patches = entry_points.install(handle, _ORIGINAL)
+        state.patches = entry_points.install(handle, _mode_on, _ORIGINAL)
         arm(vd)  # a session re-attached with pinned memory still registered
     except BaseException:
         exit(state)
