@@ -50,6 +50,7 @@ def locked(fn):
 
 
 _setups: list = []  # what to run in each thread, in install order
+_spawns: list = []  # what to run in a thread that starts a thread or submits pool work
 _saved: dict = {}  # (owner, name) -> the original, while installed
 
 
@@ -79,18 +80,31 @@ def _work_item_run(original):
     return run
 
 
+def _spawning(original):
+    def spawn(self, *args, **kwargs):
+        for _setup, hook in tuple(_spawns):
+            hook()
+        return original(self, *args, **kwargs)
+    return spawn
+
+
 def _targets():
     import concurrent.futures.thread as pool
 
     return ((threading.Thread, "_bootstrap_inner", _bootstrap_inner),
-            (pool._WorkItem, "run", _work_item_run))
+            (pool._WorkItem, "run", _work_item_run),
+            (threading.Thread, "start", _spawning),
+            (pool.ThreadPoolExecutor, "submit", _spawning))
 
 
-def install(setup) -> None:
-    """Run `setup` in every thread that starts, or runs a pool task, until uninstall."""
+def install(setup, on_spawn=None) -> None:
+    """Run `setup` in every thread that starts, or runs a pool task, until uninstall;
+    and `on_spawn()` (if given) in the thread that starts it or submits the task, first."""
     if setup in _setups:
         return
     _setups.append(setup)
+    if on_spawn is not None:
+        _spawns.append((setup, on_spawn))
     if not _saved:
         for owner, name, wrap in _targets():
             original = owner.__dict__[name]
@@ -102,6 +116,7 @@ def uninstall(setup) -> None:
     """Stop running `setup`; with no setups left, threading is exactly as before."""
     if setup in _setups:
         _setups.remove(setup)
+    _spawns[:] = [entry for entry in _spawns if entry[0] is not setup]
     if not _setups:
         for (owner, name), original in _saved.items():
             setattr(owner, name, original)

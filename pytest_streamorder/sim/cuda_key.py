@@ -7,6 +7,11 @@ t's device) or the causal mask of `F.scaled_dot_product_attention(..., is_causal
 Those factories go straight to the CUDA backend key, where a CPU build has no kernel
 ("Could not run 'aten::empty.memory_format' with arguments from the 'CUDA' backend").
 
+(Factories called by Python with device="cuda" do not come here: the patched entry
+points, entry_points.py, hand them to interception.handle first. This catches what C++
+makes by device, and factories through a reference to torch.* taken before the device
+attached.)
+
 A backend fallback for the CUDA key (one Python function for every op without a CUDA
 kernel, which on a CPU build is every op) catches them: a factory becomes device memory
 on the current stream, as on CUDA; anything else is refused by name.

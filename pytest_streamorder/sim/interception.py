@@ -1,13 +1,20 @@
 """Where torch calls enter the virtual device.
 
-- A TorchFunctionMode, active inside `virtual_device()`, sees Python-level calls
-  first: factories with device="cuda", .cuda()/.to(), pinned memory, record_stream,
-  tolist/numpy/repr, host accesses to pinned tensors, and the few methods whose C++
-  installs a CUDA device guard before dispatch (those get a cpu-device twin).
+- `handle` is the one description of what a torch call does on the device: factories
+  with device="cuda", .cuda()/.to(), pinned memory, record_stream, tolist/numpy/repr,
+  host accesses to pinned tensors, and the few methods whose C++ installs a CUDA device
+  guard before dispatch (those get a cpu-device twin). It is reached from
+  - DeviceTensor.__torch_function__ (`device_function`): every call with a device tensor
+    argument, in any thread;
+  - the entry points patched while attached (entry_points.py): factories by device,
+    pin_memory=True, .cuda()/.to()/.pin_memory()/.is_pinned() of host tensors;
+  - a TorchFunctionMode, pushed in the owner thread only while host-only calls need it
+    (`arm`/`settle`: while pinned memory is registered, or once the owner started
+    threads), and a ThreadMode in other threads (threads.py). A no-op Python mode alone
+    costs 1.68x on host-heavy code, so with neither, host calls never enter Python.
 - Every aten op with a device tensor argument then reaches `dispatch` through the
   device tensor's __torch_dispatch__: it is issued to a stream (issue.py), and copies
-  between host and device follow CUDA's copy rules. Host-only ops never enter Python
-  dispatch, which keeps the host side of a program nearly as fast as plain torch.
+  between host and device follow CUDA's copy rules.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from .pinned_allocator import download_queued, pinned_like, upload_queued
 from .runtime import active_device, current
 from .storage import VirtualTypedStorage, VirtualUntypedStorage, reduce_device_tensor, saving
 from .streams import VirtualStream
-from .tensor import DeviceTensor, Twin, set_dispatch
+from . import entry_points
+from .tensor import DeviceTensor, Twin, set_dispatch, set_function
 
 aten = torch.ops.aten
 T = torch.Tensor
@@ -114,57 +122,85 @@ def _guarded_call(func, args, kwargs):
 _NO_KWARGS: dict = {}  # never written: the keywords of a call that has none
 
 
+_NO_SUBCLASS = torch._C.DisableTorchFunctionSubclass
+_ORIGINAL: dict = {}  # an entry point patched while attached (entry_points.py) -> the original
+
+
+def handle(vd, func, args, kwargs):
+    """One torch call, for the device `vd`: what the function mode does, and what a
+    device tensor's __torch_function__ and the patched entry points do with the mode off.
+    The caller has disabled the subclass protocol, so results stay as dispatch made them."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    func = _ORIGINAL.get(func, func)  # a patched method, as C++ passes it to a mode
+    if not kwargs and not vd._pinned.allocs and not runtime.guard_missing \
+            and func not in FUNCTION_HANDLERS:
+        # The common case: no keyword can make a factory or pin memory, no pinned
+        # operand to watch. Same outcome as below.
+        if func in GUARDED and _has_device_tensor(args, _NO_KWARGS):
+            return _guarded_call(func, args, _NO_KWARGS)
+        return func(*args)
+    kwargs = kwargs or {}
+    if runtime.guard_missing and _grad_on_device(args, kwargs):
+        # Without the native guard (cuda_guard.py), autograd's C++ would abort here.
+        raise NotModelledError(f"{call_name(func)} on a virtual CUDA tensor that requires grad",
+                               f"it would abort the process: {runtime.guard_missing}")
+    # Device work holds the runtime lock (host_threads.py); host-only calls do not,
+    # so threads computing on the host never wait for each other here.
+    handler = FUNCTION_HANDLERS.get(func)
+    if handler is not None:
+        with RUNTIME_LOCK:
+            return handler(vd, func, args, kwargs)
+    if "generator" in kwargs and _has_device_tensor(args, kwargs):
+        check_generator_arg(kwargs)
+    if func in GUARDED and _has_device_tensor(args, kwargs):
+        return _guarded_call(func, args, kwargs)
+    device = kwargs.get("device")
+    if device is not None and _is_cuda(device):
+        with RUNTIME_LOCK:
+            return _factory(vd, func, args, kwargs)
+    if kwargs.get("pin_memory"):  # from the pinned host caching allocator
+        value = func(*args, **dict(kwargs, pin_memory=False))
+        with RUNTIME_LOCK:
+            return _pinned_like(vd, value, Site.here(1), copy=func not in EMPTY_FACTORIES)
+    if vd._pinned:
+        hits = pinned_operands(args, kwargs, vd._pinned.lookup)
+        if hits:
+            with RUNTIME_LOCK:
+                return _host_call(vd, func, args, kwargs, hits)
+    return func(*args, **kwargs)
+
+
+def device_function(func, types, args=(), kwargs=None):
+    """DeviceTensor.__torch_function__: a call with a device tensor among its arguments,
+    in any thread, whether or not the function mode is pushed. With no device active
+    (a device tensor kept after its block) it runs as plain torch would."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    vd = current()
+    with _NO_SUBCLASS():
+        if vd is None or not vd.active:
+            return func(*args, **(kwargs or {}))
+        return handle(vd, func, args, kwargs)
+
+
 class FunctionMode(TorchFunctionMode):
+    """Pushed in the thread that entered the device only while a call with no device
+    tensor needs it: a host access to pinned memory (see `arm`)."""
+
     def __init__(self, vd):
         super().__init__()
         self.vd = vd
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        vd = self.vd
-        if not kwargs and not vd._pinned.allocs and not runtime.guard_missing \
-                and func not in FUNCTION_HANDLERS:
-            # The common case, most of all for host-only calls: no keyword can make a
-            # factory or pin memory, no pinned operand to watch. Same outcome as below.
-            if func in GUARDED and _has_device_tensor(args, _NO_KWARGS):
-                return _guarded_call(func, args, _NO_KWARGS)
-            return func(*args)
-        kwargs = kwargs or {}
-        if runtime.guard_missing and _grad_on_device(args, kwargs):
-            # Without the native guard (cuda_guard.py), autograd's C++ would abort here.
-            raise NotModelledError(f"{call_name(func)} on a virtual CUDA tensor that requires grad",
-                                   f"it would abort the process: {runtime.guard_missing}")
-        # Device work holds the runtime lock (host_threads.py); host-only calls do not,
-        # so threads computing on the host never wait for each other here.
-        handler = FUNCTION_HANDLERS.get(func)
-        if handler is not None:
-            with RUNTIME_LOCK:
-                return handler(vd, func, args, kwargs)
-        if "generator" in kwargs and _has_device_tensor(args, kwargs):
-            check_generator_arg(kwargs)
-        if func in GUARDED and _has_device_tensor(args, kwargs):
-            return _guarded_call(func, args, kwargs)
-        device = kwargs.get("device")
-        if device is not None and _is_cuda(device):
-            with RUNTIME_LOCK:
-                return _factory(vd, func, args, kwargs)
-        if kwargs.get("pin_memory"):  # from the pinned host caching allocator
-            value = func(*args, **dict(kwargs, pin_memory=False))
-            with RUNTIME_LOCK:
-                return pinned_like(vd, value, Site.here(1), copy=func not in EMPTY_FACTORIES)
-        if vd._pinned:
-            hits = pinned_operands(args, kwargs, vd._pinned.lookup)
-            if hits:
-                with RUNTIME_LOCK:
-                    return _host_call(vd, func, args, kwargs, hits)
-        return func(*args, **kwargs)
+        with _NO_SUBCLASS():
+            return handle(self.vd, func, args, kwargs)
 
 
 class ThreadMode(FunctionMode):
     """The function mode of a thread other than the one that entered the device
     (threads.py pushes it once per thread): it serves whichever virtual device is active,
     and lets calls through when none is, or in the thread that entered it (whose own
-    FunctionMode has already seen the call)."""
+    FunctionMode, when pushed, has already seen the call)."""
 
     def __init__(self):
         TorchFunctionMode.__init__(self)
@@ -178,7 +214,8 @@ class ThreadMode(FunctionMode):
         vd = current()
         if vd is None or not vd.active or threads.is_owner():
             return func(*args, **(kwargs or {}))
-        return FunctionMode.__torch_function__(self, func, types, args, kwargs)
+        with _NO_SUBCLASS():
+            return handle(vd, func, args, kwargs)
 
 
 def _host_call(vd, func, args, kwargs, hits):
@@ -304,7 +341,7 @@ def _pin_memory(vd, func, args, kwargs):
         raise RuntimeError("cannot pin 'torch.cuda' memory: only dense CPU tensors can be pinned")
     if vd.pinned_alloc(self) is not None:
         return self
-    return pinned_like(vd, self, Site.here(2))
+    return _pinned_like(vd, self, Site.here(2))
 
 
 def _is_pinned(vd, func, args, kwargs):
@@ -515,7 +552,7 @@ def _to_copy(vd, func, args, kwargs):
             dst = torch.empty(tuple(self.shape), dtype=dtype)
         site = Site.here(2)
         if non_blocking:  # like PyTorch: a non_blocking D2H copy lands in pinned memory
-            dst = pinned_like(vd, dst, site, copy=False)
+            dst = _pinned_like(vd, dst, site, copy=False)
         return download(vd, dst, self, site, "D2H copy (to cpu)", non_blocking)
     if isinstance(self, DeviceTensor) or _has_device_tensor(args, kwargs):
         return issue(vd, func, args, kwargs, Site.here(2))
@@ -575,21 +612,127 @@ for _op in (aten.t_.default, aten.transpose_.default, aten.unsqueeze_.default,
 
 
 set_dispatch(dispatch)  # DeviceTensor and Twin hand every aten op to dispatch()
+set_function(device_function)  # and DeviceTensor every torch call to device_function()
 
 
-def enter(vd) -> FunctionMode:
-    """Intercept torch calls in this thread (the device's own mode) and in every other
-    thread (a ThreadMode each, threads.py)."""
+# --- the function mode, on only while needed ------------------------------------------
+
+def _pinned_like(vd, value, site, copy=True):
+    """pinned_like, then the function mode on: host calls on pinned memory are accesses."""
+    out = pinned_like(vd, value, site, copy=copy)
+    arm(vd)
+    return out
+
+
+class Interception:
+    """What `enter` set up: the owner thread's function mode (pushed or not) and the
+    patched entry points."""
+
+    def __init__(self, vd):
+        self.vd = vd
+        self.mode = FunctionMode(vd)
+        self.pushed = False
+        self.threads_spawned = False  # the owner started threads or pool work
+        self.patches = None
+
+
+_state: Interception | None = None
+
+
+def _needed(state: Interception) -> bool:
+    """Whether host-only calls of the owner thread must pass through the mode: while
+    pinned memory is registered (its host accesses are accesses of the model), and once
+    the owner has started threads (another thread may pin memory the owner then reads,
+    and no call of the owner's would push the mode in time)."""
+    return bool(state.vd._pinned.allocs) or state.threads_spawned
+
+
+def arm(vd) -> None:
+    """Push the owner thread's function mode if it is needed now and not pushed. Called
+    in the owner thread at the points that make it needed; elsewhere it does nothing
+    (the owner's own mode cannot be pushed from another thread: see `_needed`)."""
+    state = _state
+    if state is None or state.pushed or state.vd is not vd or not threads.is_owner():
+        return
+    if _needed(state):
+        torch._C._push_on_torch_function_stack(state.mode)
+        state.pushed = True
+
+
+def _mode_on() -> bool:
+    """Whether one of our function modes is pushed in the calling thread."""
+    state = _state
+    if state is not None and state.pushed and threads.is_owner():
+        return True
+    return threads.has_thread_mode()
+
+
+def _on_spawn() -> None:
+    """The calling thread starts a thread or submits pool work (host_threads.py)."""
+    state = _state
+    if state is not None and threads.is_owner():
+        state.threads_spawned = True
+        arm(state.vd)
+
+
+def settle(vd) -> None:
+    """Pop the owner thread's function mode if nothing needs it any more. Only at a point
+    where no torch call of ours is in progress in the owner thread (between tests)."""
+    state = _state
+    if state is None or state.vd is not vd or not state.pushed or not threads.is_owner():
+        return
+    if not state.vd._pinned.allocs:
+        state.threads_spawned = False
+        _remove_mode(state.mode)
+        state.pushed = False
+
+
+def _remove_mode(mode) -> None:
+    """Take `mode` off this thread's torch-function stack, wherever it is (a mode pushed
+    after ours, while one of its handlers ran, may sit above it)."""
+    n = torch._C._len_torch_function_stack()
+    if n and torch._C._get_function_stack_at(n - 1) is mode:
+        torch._C._pop_torch_function_stack()
+        return
+    above = []
+    while torch._C._len_torch_function_stack():
+        top = torch._C._pop_torch_function_stack()
+        if top is mode:
+            break
+        above.append(top)
+    for m in reversed(above):
+        torch._C._push_on_torch_function_stack(m)
+
+
+def enter(vd) -> Interception:
+    """Intercept torch calls: device tensors' __torch_function__ (any thread), the
+    patched entry points (factories by device, .cuda()/.to()/pin_memory(), any thread),
+    the owner thread's function mode while `_needed`, and a ThreadMode in every other
+    thread (threads.py)."""
+    global _state
     # The owner is known before its mode is pushed and until it is popped, so that a
     # ThreadMode lower on this thread's stack never handles a call twice.
-    threads.start(ThreadMode)
-    mode = FunctionMode(vd)
-    mode.__enter__()
-    return mode
-
-
-def exit(mode: FunctionMode) -> None:
+    threads.start(ThreadMode, on_spawn=_on_spawn)
+    state = _state = Interception(vd)
     try:
-        mode.__exit__(None, None, None)
+        state.patches = entry_points.install(handle, _mode_on, _ORIGINAL)
+        arm(vd)  # a session re-attached with pinned memory still registered
+    except BaseException:
+        exit(state)
+        raise
+    return state
+
+
+def exit(state: Interception) -> None:
+    global _state
+    try:
+        if state.pushed:
+            _remove_mode(state.mode)
+            state.pushed = False
     finally:
-        threads.stop()
+        _state = None
+        try:
+            if state.patches is not None:
+                entry_points.uninstall(state.patches, _ORIGINAL)
+        finally:
+            threads.stop()

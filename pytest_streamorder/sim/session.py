@@ -21,6 +21,7 @@ import torch
 from . import cuda_guard
 from .gpu_identity import CUDA_VERSION, GPUS
 from .device import DEFAULT_MAX_OPS, Run, VirtualDevice
+from .interception import settle as settle_interception
 from .runtime import set_guard_missing
 
 _MISSING = object()
@@ -97,5 +98,8 @@ class SessionRuntime:
 
     def idle_run(self) -> Run:
         """Work outside any test's schedule (import time, collection, between tests):
-        eager, and a race still raises."""
+        eager, and a race still raises. Between tests no torch call of ours is in
+        progress, so the function mode goes off here if nothing needs it any more."""
+        if self.device is not None and self.device.active:
+            settle_interception(self.device)
         return Run(seed=self.seed, policy="eager", max_ops=self.max_ops)

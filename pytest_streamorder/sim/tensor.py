@@ -18,11 +18,18 @@ _CPU = torch.device("cpu")
 # The handler of every aten op on a device tensor: interception.py registers it when it
 # is imported (device.py imports it before any device tensor exists).
 _dispatch = None
+# The handler of every torch call with a device tensor argument (interception.py too).
+_function = None
 
 
 def set_dispatch(handler) -> None:
     global _dispatch
     _dispatch = handler
+
+
+def set_function(handler) -> None:
+    global _function
+    _function = handler
 
 
 class DeviceTensor(torch.Tensor):
@@ -40,8 +47,13 @@ class DeviceTensor(torch.Tensor):
         t._range = extent(size, stride, offset, dtype.itemsize)
         return t
 
-    # Our function mode handles everything; torch's subclass protocol must not.
-    __torch_function__ = torch._C._disabled_torch_function_impl
+    # Every torch call with a device tensor argument, in any thread, with or without the
+    # function mode (which is mostly off). The handler calls torch with the subclass
+    # protocol disabled, so results are what dispatch made (never re-wrapped).
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        return _function(func, types, args, kwargs)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):

@@ -1,7 +1,11 @@
 """Host threads on the virtual device.
 
-The thread that enters `virtual_device()` pushes the device's function mode
-(interception.FunctionMode) for the length of the context. torch's mode stack is per
+Device tensors reach the device from any thread through their own __torch_function__,
+and the patched entry points (entry_points.py) are global. What is per thread is the
+function mode that host-only calls need (pinned memory): the thread that enters
+`virtual_device()` pushes its FunctionMode only while needed (interception.arm: pinned
+memory registered, or the owner started a thread or submitted pool work, so that
+memory a worker pins is watched when the owner reads it). torch's mode stack is per
 thread, so every other thread gets, once, a `ThreadMode` that follows whichever virtual
 device is active (none: it lets every call through; in the thread that entered the
 device, whose own mode handles the calls, it lets them through too). It is pushed
@@ -12,12 +16,10 @@ device, whose own mode handles the calls, it lets them through too). It is pushe
   the device without the mode: an aten op on a device tensor (DeviceTensor dispatches
   from any thread), a stream or event of the device, torch.cuda.set_stream/stream().
 
-A thread that predates the device and whose *first* device call is one torch guards in
-C++ before any mode or dispatch sees it (indexing a device tensor, `.cuda()`,
-`.to("cuda")`, `torch.tensor(..., device="cuda")`, `torch.zeros(..., device="cuda")`)
-cannot be reached: `ensure_thread_mode()` must run in it first. This needs a thread that
-was started before the device, outside a thread pool, and that does device work before
-touching any device object.
+A thread that predates the device, outside a thread pool, and was not started by the
+owner while attached has no ThreadMode until its first device call: its host accesses
+to pinned memory before that are not seen (its device calls are: __torch_function__
+and the entry points do not depend on the mode).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ _owner: int | None = None  # the thread that entered the active device (it has i
 _make_mode = None  # the ThreadMode class (interception.py hands it over: no import cycle)
 
 
-def start(make_mode) -> None:
-    """The calling thread has entered a virtual device: set up every other thread."""
+def start(make_mode, on_spawn=None) -> None:
+    """The calling thread has entered a virtual device: set up every other thread.
+    `on_spawn()` runs in a thread that starts a thread or submits pool work."""
     global _owner, _make_mode
     _owner = threading.get_ident()
     _make_mode = make_mode
-    host_threads.install(ensure_thread_mode)
+    host_threads.install(ensure_thread_mode, on_spawn)
 
 
 def stop() -> None:
@@ -51,6 +54,11 @@ def stop() -> None:
 def is_owner() -> bool:
     """Whether the calling thread entered the active device (and has its own mode)."""
     return threading.get_ident() == _owner
+
+
+def has_thread_mode() -> bool:
+    """Whether the calling thread has a ThreadMode that serves the active device."""
+    return getattr(_local, "mode", None) is not None and threading.get_ident() != _owner
 
 
 def ensure_thread_mode() -> None:
