@@ -24,6 +24,7 @@ TorchScript builtins, so scripting code that calls them still compiles.
 from __future__ import annotations
 
 import torch
+import torch.utils._device as _device_module
 
 from .runtime import current
 
@@ -64,9 +65,25 @@ def _not_host(device) -> bool:
     return not (isinstance(device, torch.device) and device.type == "cpu")
 
 
-def _function_entry(original, handle, mode_on):
+def _default_device():
+    """The device of torch's DeviceContext, if one is pushed (it always sits at the
+    bottom of the torch-function mode stack), else None. Two C calls when none is."""
+    if not torch._C._len_torch_function_stack():
+        return None
+    bottom = torch._C._get_function_stack_at(0)
+    return bottom.device if isinstance(bottom, _device_module.DeviceContext) else None
+
+
+def _function_entry(original, handle, mode_on, by_default_device: bool):
     def entry(*args, **kwargs):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        device = kwargs.get("device")
+        if device is None and by_default_device:
+            # `with torch.device("cuda"):` / torch.set_default_device("cuda"): torch's
+            # DeviceContext would add device= to this call; it is ours to add, here.
+            default = _default_device()
+            if default is not None and default.type != "cpu":
+                kwargs = dict(kwargs, device=default)
         if kwargs and (_not_host(kwargs.get("device")) or kwargs.get("pin_memory")):
             vd = current()
             if vd is not None and vd.active and not mode_on():
@@ -100,11 +117,15 @@ def install(handle, mode_on, originals: dict) -> list:
     handles the call, once."""
     from torch.jit._builtins import _find_builtin, _register_builtin
 
+    # torch's DeviceContext caches its set of factories at first use: fill the cache with
+    # the originals now (with our wrappers in it, `with torch.device(...)` would miss
+    # every factory, also after we detach).
+    constructors = _device_module._device_constructors()
     saved = []
     for name in _factory_names():
         original = getattr(torch, name)
         saved.append((torch, name, original))
-        wrapped = _function_entry(original, handle, mode_on)
+        wrapped = _function_entry(original, handle, mode_on, original in constructors)
         builtin = _find_builtin(original)
         if builtin is not None:
             _register_builtin(wrapped, builtin)

@@ -53,7 +53,7 @@ class Block:
         # the block outlives that block of code and is written (ops run late, the
         # session restores memory) outside it.
         with torch.inference_mode(False):
-            self.data = torch.empty(nbytes, dtype=torch.uint8)
+            self.data = torch.empty(nbytes, dtype=torch.uint8, device="cpu")  # also under a user's `with torch.device("cuda")`
         poison_(self.data)
         self.stream = stream
         self.pending: list = []  # scheduler items that must complete before reuse

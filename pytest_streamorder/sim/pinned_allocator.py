@@ -74,11 +74,11 @@ class PinnedHostAllocator:
         """An uninitialised pinned tensor of that layout, from the pool."""
         nbytes = extent(tuple(size), tuple(stride), 0, dtype.itemsize)[1]
         if nbytes == 0:
-            return torch.empty_strided(tuple(size), tuple(stride), dtype=dtype)
+            return torch.empty_strided(tuple(size), tuple(stride), dtype=dtype, device="cpu")
         block = self._take(_size_class(nbytes))
         flat = torch.frombuffer(block.buffer, dtype=torch.uint8, count=nbytes, offset=block.offset)
         storage = flat.untyped_storage()
-        t = torch.empty(0, dtype=dtype).set_(storage, 0, tuple(size), tuple(stride))
+        t = torch.empty(0, dtype=dtype, device="cpu").set_(storage, 0, tuple(size), tuple(stride))
         self._live[block.address] = block
         self.allocated_bytes += block.size
         weakref.finalize(storage, self._release, block.address)

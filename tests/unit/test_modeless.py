@@ -149,3 +149,38 @@ def test_torchscript_still_compiles_patched_factories():
         def f(n: int):
             return torch.zeros(n) + torch.arange(n)
         assert f(3).tolist() == [0.0, 1.0, 2.0]
+
+
+def test_default_device_contexts_make_device_memory():
+    """`with torch.device("cuda"):` and set_default_device("cuda") (model construction in
+    vLLM/SGLang style): factories without device= land on the virtual device, explicit
+    device="cpu" stays on the host, and the context still works after the device ends."""
+    with so.virtual_device(policy="delay") as vd:
+        with torch.device("cuda"):
+            r = torch.arange(4)
+            lin = torch.nn.Linear(2, 3)
+            host = torch.zeros(2, device="cpu")
+            t = torch.tensor([5, 6])
+            y = lin(torch.ones(2))
+        assert (type(r).__name__, r.device.type, r.cpu().tolist()) == ("DeviceTensor", "cuda", [0, 1, 2, 3])
+        assert lin.weight.device.type == "cuda" and y.device.type == "cuda" and tuple(y.shape) == (3,)
+        assert host.device.type == "cpu" and t.cpu().tolist() == [5, 6]
+        torch.set_default_device("cuda")
+        try:
+            assert torch.ones(3).device.type == "cuda"
+        finally:
+            torch.set_default_device("cpu")
+        assert torch.ones(3).device.type == "cpu"
+    assert vd.ops_issued > 0
+    with torch.device("meta"):  # torch's cache of factories still holds its own functions
+        assert torch.arange(2).device.type == "meta"
+
+
+def test_a_factory_bound_before_attaching_is_refused_by_name():
+    """`from torch import arange` taken before the device attached bypasses our entry
+    points; C++ then fills a zero-size out= tensor, which must not come back empty."""
+    from torch import arange as early_arange
+
+    with so.virtual_device(policy="delay"):
+        with pytest.raises(so.NotModelledError, match=r"arange.*zero-size out="):
+            early_arange(4, device="cuda")
