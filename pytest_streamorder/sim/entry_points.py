@@ -100,7 +100,10 @@ def _method_entry(original, handle, mode_on):
     def entry(self, *args, **kwargs):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         vd = current()
-        if vd is None or not vd.active or mode_on():
+        if vd is None or not vd.active or mode_on() or self.is_meta \
+                or not torch._C._is_torch_function_enabled():
+            # Meta tensors (shape computations, ours and torch's) and code that turned
+            # torch functions off make no device or pinned memory: torch as it is.
             return original(self, *args, **kwargs)
         with _NO_SUBCLASS():
             return handle(vd, original, (self, *args), kwargs)

@@ -312,8 +312,9 @@ def _to(vd, func, args, kwargs):
         device = torch.device("cuda", 0) if device is None else device
         copy = False
     else:
-        device, dtype, non_blocking, _fmt = torch._C._nn._parse_to(*_int_device(args[1:]), **kwargs)
-        copy = kwargs.get("copy", False)
+        parse = dict(kwargs)
+        copy = parse.pop("copy", False)  # Tensor.to takes it; _parse_to does not
+        device, dtype, non_blocking, _fmt = torch._C._nn._parse_to(*_int_device(args[1:]), **parse)
     site = Site.here(2)
     if device is not None and _is_cuda(device) and not isinstance(self, DeviceTensor):
         value = self if dtype is None or dtype == self.dtype else self.to(dtype)

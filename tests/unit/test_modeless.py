@@ -169,8 +169,12 @@ def test_default_device_contexts_make_device_memory():
         try:
             assert torch.ones(3).device.type == "cuda"
         finally:
-            torch.set_default_device("cpu")
+            torch.set_default_device(None)
         assert torch.ones(3).device.type == "cpu"
+        assert torch._C._len_torch_function_stack() == 0
+        with torch.device("cpu"):  # a DeviceContext of the host; .to(copy=) as meta kernels call it
+            assert torch.ones(2).to(torch.float64, copy=True).dtype == torch.float64
+            assert torch.ones(2, device="meta").to(torch.float16, copy=False).device.type == "meta"
     assert vd.ops_issued > 0
     with torch.device("meta"):  # torch's cache of factories still holds its own functions
         assert torch.arange(2).device.type == "meta"
