@@ -52,7 +52,10 @@ class Block:
         # Never an inference tensor, even when allocated under torch.inference_mode():
         # the block outlives that block of code and is written (ops run late, the
         # session restores memory) outside it.
-        with torch.inference_mode(False):
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                self.data = torch.empty(nbytes, dtype=torch.uint8)
+        else:  # (entering the context costs more than the allocation)
             self.data = torch.empty(nbytes, dtype=torch.uint8)
         poison_(self.data)
         self.stream = stream
