@@ -432,7 +432,7 @@ class VirtualDevice:
     # --- work -----------------------------------------------------------------------
 
     def _count_op(self, name: str) -> None:
-        self.op_counter.count(name)
+        self.run.op_counter.count(name)
 
     def launch(self, name: str, accesses, site: Site, run, stream: VirtualStream | None = None) -> None:
         """Tell the model, then queue `run` (None: nothing to execute) on the stream."""
@@ -440,14 +440,13 @@ class VirtualDevice:
         stream = stream or self.current_stream
         if self.graphs.captures and self.graphs.on_launch(stream, name, accesses, site, run):
             return  # captured: it runs at each replay (sim/graphs.py)
-        run_ = self.run  # one attribute read for what _from_run properties would each look up
-        run_.op_counter.count(name)
+        self._count_op(name)  # (strategies/runner.py counts D2H copies through it)
         agent = stream.agent
         self.hb.launch(agent, name, accesses, site)
         item = Item(name, run) if self.cost_model is None else \
             Item(name, run, cost_ns=int(self.cost_model(name, accesses)))
         item.op_count = agent.clock[agent.id]
-        run_.scheduler.enqueue(stream.queue, item)
+        self.run.scheduler.enqueue(stream.queue, item)
 
     def new_tensor(self, size, stride, offset, dtype, label, site: Site, op: str = "",
                    nbytes: int | None = None) -> DeviceTensor:
