@@ -28,6 +28,7 @@ from .generators import draw_seed
 from .tensor import DeviceTensor, view_of, view_of_unmoded
 
 aten = torch.ops.aten
+is_inference_mode_enabled = torch.is_inference_mode_enabled
 
 
 # --- metadata via meta tensors, cached by input layout ---------------------------
@@ -138,12 +139,33 @@ class Ref:
         return view_of(self.block, self.dtype, self.size, self.stride, self.offset)
 
     def unmoded_view(self) -> torch.Tensor:
-        """view(), where torch function modes are disabled (materialize's callers)."""
-        return view_of_unmoded(self.block, self.dtype, self.size, self.stride, self.offset)
+        """view(), where torch function modes are disabled (materialize's callers). The
+        block keeps the views its queued work used (a loop uses the same few layouts);
+        keyed with the inference mode too, which marks the views made under it."""
+        block = self.block
+        key = (self.dtype, self.size, self.stride, self.offset, is_inference_mode_enabled())
+        views = block.views
+        view = views.get(key)
+        if view is None:
+            if len(views) >= 8:
+                views.clear()
+            view = views[key] = view_of_unmoded(block, self.dtype, self.size, self.stride,
+                                                self.offset)
+        return view
 
 
 def capture(value):
     """Replace device tensors by Refs and snapshot host tensors (their value now)."""
+    cls = type(value)
+    if cls is tuple:  # the positional arguments: one loop, no recursion for the common kinds
+        out = []
+        for v in value:
+            c = type(v)
+            out.append(Ref(v) if c is DeviceTensor else v if c is int or c is float or v is None
+                       else capture(v))
+        return tuple(out)
+    if cls is DeviceTensor:
+        return Ref(value)
     if isinstance(value, DeviceTensor):
         return Ref(value)
     if isinstance(value, torch.Tensor):

@@ -44,7 +44,8 @@ def poison_(buf: torch.Tensor) -> None:
 class Block:
     """Bytes of device memory, with a fake device address."""
 
-    __slots__ = ("address", "nbytes", "data", "stream", "pending", "typed", "pool", "alloc")
+    __slots__ = ("address", "nbytes", "data", "stream", "pending", "typed", "views", "pool",
+                 "alloc")
 
     def __init__(self, address: int, nbytes: int, stream):
         self.address = address
@@ -61,6 +62,7 @@ class Block:
         self.stream = stream
         self.pending: list = []  # scheduler items that must complete before reuse
         self.typed: dict = {}  # dtype -> the bytes seen as a flat tensor of that dtype
+        self.views: dict = {}  # (dtype, layout, inference mode) -> a CPU view (issue.Ref)
         self.pool: "GraphPool | None" = None  # set for a CUDA graph pool's block
         self.alloc = None  # a pool block's model allocation, for its whole life
 
