@@ -1,9 +1,13 @@
 """How one aten op runs on the virtual device.
 
 An op on device tensors is *issued*: its output layout comes from running it on meta
-tensors (cached by input layout), its outputs get fresh storage from the caching
-allocator, the model is told its reads and writes (from the op's schema), and a
-closure that runs it on the CPU buffers is queued on the current stream. Ops whose
+tensors, its outputs get fresh storage from the caching allocator, the model is told its
+reads and writes (from the op's schema), and a closure that runs it on the CPU buffers
+is queued on the current stream. All that depends only on the op and its arguments'
+kinds, dtypes, layouts and Python scalars is worked out once per such key (a Plan, see
+"issue plans" below) and applied per call. A pointwise op (and clone, index, gather)
+computes straight into its output block with its out= variant; other ops compute, then
+copy into the block. Ops whose
 output shape depends on data (nonzero, masked indexing, item) or that return a Python
 value cannot be issued ahead: like on a GPU, they copy on the current stream and make
 the host wait for that stream.
