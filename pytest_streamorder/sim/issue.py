@@ -37,9 +37,6 @@ is_inference_mode_enabled = torch.is_inference_mode_enabled
 
 # --- metadata via meta tensors, cached by input layout ---------------------------
 
-_NUMBERS = (float, bool, complex)
-
-
 def _layout_key(value):
     """What of an argument can change an op's outputs or accesses: a tensor's kind,
     dtype and layout (never its values); a Python number's type with its value (x * 2
@@ -49,8 +46,6 @@ def _layout_key(value):
         return ("D", value.dtype, value._layout, value._vs.block.nbytes)
     if cls is int or value is None or cls is str:
         return value
-    if cls in _NUMBERS:
-        return (cls, value)
     if isinstance(value, torch.Tensor):
         if isinstance(value, DeviceTensor):
             return ("D", value.dtype, value._layout, value._vs.block.nbytes)
@@ -59,9 +54,7 @@ def _layout_key(value):
         return (cls, *[_layout_key(v) for v in value])
     if isinstance(value, torch.device):
         return ("dev", str(value))
-    if isinstance(value, (int, float, complex)):  # subclasses: their own type too
-        return (cls, value)
-    return value
+    return (cls, value)  # anything else (dtypes, memory formats, NumPy scalars): typed too
 
 
 def _call_key(func, args, kwargs):
