@@ -354,6 +354,7 @@ class HappensBefore:
             access.pending = pending
             access.region = pending  # marks it pending: the fast path below skips it
             pending.access = access
+            pending.clock = list(clock)  # resolve() forgets what it ordered after (_prune)
         plain = region is None and pending is None
         race = None
         paired = False  # in a pair with a pending access: resolve() must know if flagged
@@ -438,6 +439,9 @@ class HappensBefore:
             shadow = access.alloc.shadow
             if access in shadow:
                 shadow.remove(access)
+        elif access in access.alloc.shadow:
+            _prune(access, pending.clock)
+        pending.clock = None
         pairs, pending.pairs = pending.pairs, []
         for earlier, later, alloc, facts in pairs:
             if not (_settle(earlier) and _settle(later)) or later.seq in self._flagged:
@@ -504,6 +508,28 @@ def _settle(acc: Access) -> bool:
     acc.start, acc.stop, acc.region = (start, stop, region) if start < stop else (0, 0, None)
     acc.pending = acc.carry = None
     return True
+
+
+def _prune(access: Access, clock: list) -> None:
+    """A pending access just resolved: forget the earlier entries of its allocation that
+    it makes redundant, by the rule _check applies to a plain access (ordered before it
+    by its clock at issue, inside its exact set, and it writes or both read). Without
+    this, a buffer written only through indexed ops (buf[idx] = v in a loop) would keep
+    every write in its shadow. Entries issued after it, and pending ones, stay."""
+    seq, start, stop, region, is_write = (access.seq, access.start, access.stop,
+                                          access.region, access.is_write)
+    n = len(clock)
+    kept = []
+    for prev in access.alloc.shadow:
+        if prev.pending is not None and _settle(prev) and prev.start == prev.stop:
+            continue  # resolved since, and touched nothing
+        if prev.seq < seq and prev.pending is None and (is_write or not prev.is_write):
+            pid = prev.agent.id
+            if prev.count <= (clock[pid] if pid < n else 0) and \
+                    within(prev.start, prev.stop, prev.region, start, stop, region):
+                continue
+        kept.append(prev)
+    access.alloc.shadow = kept
 
 
 def _with_set(acc: Access, start: int, stop: int, region=None) -> Access:

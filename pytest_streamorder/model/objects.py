@@ -140,7 +140,7 @@ class Pending:
     `HappensBefore.resolve(pending, (start, stop, region))` with the exact set (or None
     when it could not be learnt)."""
 
-    __slots__ = ("start", "stop", "region", "access", "exact", "resolved", "pairs")
+    __slots__ = ("start", "stop", "region", "access", "exact", "resolved", "pairs", "clock")
     # When its set becomes known, for a report of a race found then (a subclass may say
     # otherwise, e.g. a Triton launch whose set is known once the kernel ran).
     found_when = "the indexed op ran (the elements its index values name are known only then)"
@@ -151,6 +151,7 @@ class Pending:
         self.exact: tuple | None = None  # (start, stop, region) once resolved
         self.resolved = False
         self.pairs: list = []  # (earlier, later, allocation, facts) to compare once exact
+        self.clock: list | None = None  # its agent's clock when it was checked (issued)
 
     def describe(self) -> str:
         return "the elements its index values name (not known yet)"

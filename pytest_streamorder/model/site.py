@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import weakref
+from bisect import bisect_right
 
 def _internal_prefixes() -> tuple[str, ...]:
     """Folders whose frames are our machinery or torch's, not the user's code."""
@@ -31,25 +32,42 @@ def _internal_prefixes() -> tuple[str, ...]:
 
 
 class Site:
-    """A captured call stack: innermost frame first."""
+    """A captured call stack: innermost frame first.
 
-    __slots__ = ("frames",)
+    `frames` is ((code, line number), ...). here() keeps each frame's instruction offset
+    instead and finds the line numbers only when `frames` is first read (most sites are
+    never reported): a frame's f_lineno searches its code's line table, an offset is a
+    field read."""
+
+    __slots__ = ("_frames", "_raw")
 
     def __init__(self, frames: tuple = ()):
-        self.frames = frames  # ((code, lineno), ...)
+        self._frames = frames  # ((code, lineno), ...), or None until _raw is converted
+        self._raw = None  # ((code, instruction offset in bytes), ...)
 
     @staticmethod
     def here(skip: int = 0, depth: int = 10) -> "Site":
         """Capture the caller's stack (skip extra frames above the caller)."""
         frame = sys._getframe(skip + 1)
-        frames = []
-        append = frames.append
+        raw = []
+        append = raw.append
         for _ in range(depth):
             if frame is None:
                 break
-            append((frame.f_code, frame.f_lineno))
+            append((frame.f_code, frame.f_lasti))
             frame = frame.f_back
-        return Site(tuple(frames))
+        site = _new_site(Site)
+        site._frames = None
+        site._raw = tuple(raw)
+        return site
+
+    @property
+    def frames(self) -> tuple:
+        frames = self._frames
+        if frames is None:
+            frames = tuple((code, _line(code, lasti)) for code, lasti in self._raw)
+            self._frames, self._raw = frames, None
+        return frames
 
     def lines(self) -> list[str]:
         """'file:line in func' for every captured frame, innermost first."""
@@ -83,6 +101,27 @@ class Site:
 
 
 UNKNOWN_SITE = Site(())
+_new_site = object.__new__
+
+_LINE_TABLES: dict = {}  # code -> (range starts, range ends, line numbers), from co_lines()
+
+
+def _line(code, offset: int) -> int:
+    """The line number of the instruction at byte `offset` of `code` (what the frame's
+    f_lineno said while it executed there)."""
+    table = _LINE_TABLES.get(code)
+    if table is None:
+        starts, ends, lines = [], [], []
+        for start, end, line in code.co_lines():
+            starts.append(start)
+            ends.append(end)
+            lines.append(line)
+        table = _LINE_TABLES[code] = (starts, ends, lines)
+    starts, ends, lines = table
+    i = bisect_right(starts, offset) - 1
+    if i >= 0 and offset < ends[i] and lines[i] is not None:
+        return lines[i]
+    return code.co_firstlineno  # (no line: an instruction the compiler added)
 
 
 def _short(filename: str) -> str:

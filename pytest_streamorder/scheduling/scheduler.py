@@ -306,7 +306,15 @@ class Scheduler:
             self._after_step(self.steps, self.streams)
 
     def _ready(self) -> list[StreamQueue]:
-        return [s for s in self.streams if s.ready()]
+        # StreamQueue.ready() inlined: this runs at every scheduling point.
+        ready = []
+        for s in self.streams:
+            queue = s.queue
+            if queue:
+                mark = queue[0].blocked_on
+                if mark is None or mark.done:
+                    ready.append(s)
+        return ready
 
     def _point(self) -> None:
         """A scheduling point after an enqueue: run what the policy wants to run now."""

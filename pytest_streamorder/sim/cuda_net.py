@@ -102,15 +102,29 @@ def is_refused(value) -> bool:
     return hasattr(value, "__streamorder_refused__")
 
 
+_MADE: dict = {}  # (api, id(original)) -> (original, its refusal): made once per process
+
+
+def _refusal_of(api: str, original):
+    """refuse(api, original), the same object at every attach (a device per schedule
+    would otherwise build ~100 closures and classes each time)."""
+    key = (api, id(original))
+    hit = _MADE.get(key)
+    if hit is None or hit[0] is not original:
+        hit = _MADE[key] = (original, refuse_function(api) if original is None
+                            else refuse(api, original))
+    return hit[1]
+
+
 def install(patches, modules, modelled: set, modelled_c: set) -> None:
     for name in sorted(referenced_c_entry_points() - modelled_c):
         current = getattr(torch._C, name, None)
         if current is None or (callable(current) and not isinstance(current, type)):
-            patches.set(torch._C, name, refuse_function(f"torch._C.{name}"))
+            patches.set(torch._C, name, _refusal_of(f"torch._C.{name}", None))
     for name in sorted(dir(torch.cuda)):
         if name.startswith("_") or name in modelled or name in MODELLED_ORIGINALS:
             continue
         value = getattr(torch.cuda, name)
         if not _is_cuda_api(value) or is_refused(value):
             continue
-        patches.set_everywhere(modules, name, value, refuse(f"torch.cuda.{name}", value))
+        patches.set_everywhere(modules, name, value, _refusal_of(f"torch.cuda.{name}", value))

@@ -432,7 +432,7 @@ class VirtualDevice:
     # --- work -----------------------------------------------------------------------
 
     def _count_op(self, name: str) -> None:
-        self.op_counter.count(name)
+        self.run.op_counter.count(name)
 
     def launch(self, name: str, accesses, site: Site, run, stream: VirtualStream | None = None) -> None:
         """Tell the model, then queue `run` (None: nothing to execute) on the stream."""
@@ -440,16 +440,20 @@ class VirtualDevice:
         stream = stream or self.current_stream
         if self.graphs.captures and self.graphs.on_launch(stream, name, accesses, site, run):
             return  # captured: it runs at each replay (sim/graphs.py)
-        self._count_op(name)
-        self.hb.launch(stream.agent, name, accesses, site)
+        self._count_op(name)  # (strategies/runner.py counts D2H copies through it)
+        agent = stream.agent
+        self.hb.launch(agent, name, accesses, site)
         item = Item(name, run) if self.cost_model is None else \
             Item(name, run, cost_ns=int(self.cost_model(name, accesses)))
-        item.op_count = stream.agent.clock[stream.agent.id]
-        self.scheduler.enqueue(stream.queue, item)
+        item.op_count = agent.clock[agent.id]
+        self.run.scheduler.enqueue(stream.queue, item)
 
-    def new_tensor(self, size, stride, offset, dtype, label, site: Site, op: str = "") -> DeviceTensor:
-        """Fresh device memory (from the current stream's pool) laid out as given."""
-        nbytes = extent(size, stride, offset, dtype.itemsize)[1]
+    def new_tensor(self, size, stride, offset, dtype, label, site: Site, op: str = "",
+                   nbytes: int | None = None) -> DeviceTensor:
+        """Fresh device memory (from the current stream's pool) laid out as given
+        (`nbytes`: the extent of that layout, when the caller knows it already)."""
+        if nbytes is None:
+            nbytes = extent(size, stride, offset, dtype.itemsize)[1]
         storage = self.allocator.allocate(nbytes, label or TensorLabel(op, dtype, size, site), site)
         if storage.nbytes:
             self._blocks[id(storage.block)] = (storage.block, storage.alloc)

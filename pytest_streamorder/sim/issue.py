@@ -1,9 +1,13 @@
 """How one aten op runs on the virtual device.
 
 An op on device tensors is *issued*: its output layout comes from running it on meta
-tensors (cached by input layout), its outputs get fresh storage from the caching
-allocator, the model is told its reads and writes (from the op's schema), and a
-closure that runs it on the CPU buffers is queued on the current stream. Ops whose
+tensors, its outputs get fresh storage from the caching allocator, the model is told its
+reads and writes (from the op's schema), and a closure that runs it on the CPU buffers
+is queued on the current stream. All that depends only on the op and its arguments'
+kinds, dtypes, layouts and Python scalars is worked out once per such key (a Plan, see
+"issue plans" below) and applied per call. A pointwise op (and clone, index, gather)
+computes straight into its output block with its out= variant; other ops compute, then
+copy into the block. Ops whose
 output shape depends on data (nonzero, masked indexing, item) or that return a Python
 value cannot be issued ahead: like on a GPU, they copy on the current stream and make
 the host wait for that stream.
@@ -20,28 +24,48 @@ from __future__ import annotations
 import torch
 
 from ..errors import NotModelledError
-from ..model import Site
+from ..model import Pending, Site
 from ..ops.indexed import indexed, pending_for, touched
-from ..ops.ranges import layout_set, register_cache
+from ..ops.ranges import contiguous_strides, extent, layout_set, register_cache
 from ..ops.schema import op_info
 from .generators import draw_seed
 from .tensor import DeviceTensor, view_of, view_of_unmoded
 
 aten = torch.ops.aten
+is_inference_mode_enabled = torch.is_inference_mode_enabled
 
 
 # --- metadata via meta tensors, cached by input layout ---------------------------
 
 def _layout_key(value):
+    """What of an argument can change an op's outputs or accesses: a tensor's kind,
+    dtype and layout (never its values); a Python number's type with its value (x * 2
+    and x * 2.0 differ in output dtype, and 1 == 1.0 == True for a dict)."""
+    cls = type(value)
+    if cls is DeviceTensor:  # _layout: no torch call, no function mode
+        return ("D", value.dtype, value._layout, value._vs.block.nbytes)
+    if cls is int or value is None or cls is str:
+        return value
     if isinstance(value, torch.Tensor):
-        if isinstance(value, DeviceTensor):  # _layout: no torch call, no function mode
+        if isinstance(value, DeviceTensor):
             return ("D", value.dtype, value._layout, value._vs.block.nbytes)
         return ("C", value.dtype, tuple(value.shape), value.stride(), value.storage_offset())
     if isinstance(value, (list, tuple)):
-        return tuple(_layout_key(v) for v in value)
+        return (cls, *[_layout_key(v) for v in value])
     if isinstance(value, torch.device):
         return ("dev", str(value))
-    return value
+    return (cls, value)  # anything else (dtypes, memory formats, NumPy scalars): typed too
+
+
+def _call_key(func, args, kwargs):
+    """The cache key of a call (None: not hashable, e.g. a SymInt argument)."""
+    try:
+        key = (func, tuple([_layout_key(v) for v in args]),
+               tuple([(k, _layout_key(v)) for k, v in sorted(kwargs.items())]) if kwargs else ())
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _to_meta(value):
@@ -67,11 +91,7 @@ _META_CACHE: dict = {}
 
 def output_layouts(func, args, kwargs) -> list:
     """[(size, stride, offset, dtype)] per output, from a meta run (cached)."""
-    try:
-        key = (func, _layout_key(args), _layout_key(tuple(sorted(kwargs.items()))))
-        hash(key)
-    except TypeError:
-        key = None
+    key = _call_key(func, args, kwargs)
     if key is not None:
         hit = _META_CACHE.get(key)
         if hit is not None:
@@ -93,6 +113,8 @@ def output_layouts(func, args, kwargs) -> list:
     layouts = [None if o is None else (tuple(o.shape), o.stride(), o.storage_offset(), o.dtype)
                for o in outs]
     if key is not None:
+        if len(_META_CACHE) >= 4096:
+            _META_CACHE.clear()
         _META_CACHE[key] = layouts
     return layouts
 
@@ -114,12 +136,33 @@ class Ref:
         return view_of(self.block, self.dtype, self.size, self.stride, self.offset)
 
     def unmoded_view(self) -> torch.Tensor:
-        """view(), where torch function modes are disabled (materialize's callers)."""
-        return view_of_unmoded(self.block, self.dtype, self.size, self.stride, self.offset)
+        """view(), where torch function modes are disabled (materialize's callers). The
+        block keeps the views its queued work used (a loop uses the same few layouts);
+        keyed with the inference mode too, which marks the views made under it."""
+        block = self.block
+        key = (self.dtype, self.size, self.stride, self.offset, is_inference_mode_enabled())
+        views = block.views
+        view = views.get(key)
+        if view is None:
+            if len(views) >= 8:
+                views.clear()
+            view = views[key] = view_of_unmoded(block, self.dtype, self.size, self.stride,
+                                                self.offset)
+        return view
 
 
 def capture(value):
     """Replace device tensors by Refs and snapshot host tensors (their value now)."""
+    cls = type(value)
+    if cls is tuple:  # the positional arguments: one loop, no recursion for the common kinds
+        out = []
+        for v in value:
+            c = type(v)
+            out.append(Ref(v) if c is DeviceTensor else v if c is int or c is float or v is None
+                       else capture(v))
+        return tuple(out)
+    if cls is DeviceTensor:
+        return Ref(value)
     if isinstance(value, DeviceTensor):
         return Ref(value)
     if isinstance(value, torch.Tensor):
@@ -163,87 +206,271 @@ def run_captured(func, cargs, ckwargs, outs: list, seed: int | None):
             ref.unmoded_view().copy_(value)  # modes are off: the method is the op
 
 
-def issue(vd, func, args, kwargs, site: Site):
-    """Issue one op with device-tensor arguments on vd's current stream."""
+def run_into(out_func, cargs, ckwargs, ref: Ref) -> None:
+    """Run an op's out= variant straight into its output block (no result to copy)."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+        args = materialize(cargs)
+        kwargs = {k: materialize(v) for k, v in ckwargs.items()} if ckwargs else {}
+        kwargs["out"] = ref.unmoded_view()
+        out_func(*args, **kwargs)
+
+
+# Ops computed straight into their output block with their out= variant: those whose
+# every output element is computed on its own (pointwise), so the output's strides
+# cannot change a value, and a few copies and gathers.
+_INTO_OPS = {aten.clone.default, aten.index.Tensor, aten.index_select.default,
+             aten.gather.default}
+
+
+def _out_variant(func, info, outs):
+    """The out= overload that computes `func` into a preallocated output with the same
+    values, or None: one fresh, contiguous output; no seed, no device argument."""
+    if len(outs) != 1 or outs[0] is None or outs[0][0] is not None or info.seeded \
+            or "device" in info.arg_names:
+        return None
+    if func not in _INTO_OPS and torch.Tag.pointwise not in func.tags:
+        return None
+    _w, size, stride, _offset, _dtype = outs[0][:5]
+    if tuple(stride) != contiguous_strides(size):
+        return None
+    packet, name = func.overloadpacket, func._overloadname
+    schema_args = [(a.name, str(a.type)) for a in func._schema.arguments]
+    for candidate in (f"{name}_out", "out") if name != "default" else ("out",):
+        out_func = getattr(packet, candidate, None)
+        if out_func is None:
+            continue
+        args = out_func._schema.arguments
+        if [(a.name, str(a.type)) for a in args[:-1]] == schema_args and args[-1].name == "out" \
+                and len(out_func._schema.returns) == 1:
+            return out_func
+    return None
+
+
+# --- issue plans ----------------------------------------------------------------------
+#
+# Everything issue() derives from an op and its arguments' kinds, dtypes and layouts
+# (and the Python scalars, by type and value) is the same at every call with the same
+# key (_call_key): what kind of call it is, the output layouts, which outputs alias which
+# argument, where each device operand sits, and the exact byte set of each access
+# relative to its tensor's storage. A Plan keeps that; a call applies it with a few
+# tuple operations, taking only the per-call objects from the arguments (storages and
+# their model allocations). What depends on values stays per call: an indexed op's
+# pending access (a fresh Pending, resolved from the index values when it runs), the
+# seed of a random op, metadata queries (answered from the call itself), and syncing
+# calls (issue_sync).
+
+ASYNC, EMPTY, METADATA, SYNC = range(4)
+
+
+class Plan:
+    """How calls with one key are issued (built once by _build_plan)."""
+
+    __slots__ = ("info", "kind", "outs", "operands", "host_inputs", "ix", "pending_set",
+                 "launches", "seeded", "single", "out_func")
+
+    def __init__(self, info, kind: int):
+        self.info = info
+        self.kind = kind
+        # per output: None (not produced), (where, size, stride, offset, dtype) for a view
+        # of the argument at `where`, or (None, size, stride, offset, dtype, nbytes,
+        # start, stop, region) for fresh memory the op writes
+        self.outs: tuple = ()
+        # per device operand, in operands() order: (where, is_write, start, stop, region)
+        self.operands: tuple = ()
+        self.host_inputs: tuple = ()  # where the CPU index tensors are (uploaded)
+        self.ix = None  # ops/indexed.py: its first operand's access is pending
+        self.pending_set = None  # (start, stop, region) superset of that pending access
+        self.launches = False  # not a view: device work is queued
+        self.seeded = False
+        self.single = False  # returns one tensor (not a list or tuple)
+        self.out_func = None  # its out= variant, run straight into the output block
+
+
+def _operand_places(info, args, kwargs) -> list:
+    """(where, name, tensor, is_write) per tensor argument, in info.operands() order;
+    `where` = (position or keyword, list element or -1) finds it in a later call's
+    arguments (by position: one tensor given twice is two operands)."""
+    out = []
+    n = len(args)
+    for pos, name, write, is_list in info.args:
+        at = pos if pos < n else name
+        v = args[pos] if pos < n else kwargs.get(name)
+        if v is None:
+            continue
+        if is_list:
+            for j, t in enumerate(v):
+                if isinstance(t, torch.Tensor):
+                    out.append(((at, j), name, t, write))
+        elif isinstance(v, torch.Tensor):
+            out.append(((at, -1), name, v, write))
+    return out
+
+
+def _at(args, kwargs, where):
+    pos, j = where
+    v = args[pos] if pos.__class__ is int else kwargs[pos]
+    return v if j < 0 else v[j]
+
+
+def _build_plan(func, args, kwargs) -> Plan:
+    """What issue() does with a call of this key, worked out once (the slow path)."""
     info = op_info(func)
-    operands = info.operands(args, kwargs)
+    operands = _operand_places(info, args, kwargs)
     host_inputs = []
-    for name, t, _write in operands:
+    for where, name, t, _write in operands:
         if type(t) is not DeviceTensor and t.dim() > 0:
             if name != "indices":
                 raise RuntimeError(
                     f"Expected all tensors to be on the same device, but found at least "
                     f"two devices, cuda:0 and cpu! (argument '{name}' of {info.name})")
-            host_inputs.append(t)  # CPU index tensors are uploaded with the launch
-
+            host_inputs.append(where)  # CPU index tensors are uploaded with the launch
     if info.is_empty:
+        plan = Plan(info, EMPTY)
         size, stride, offset, dtype = output_layouts(func, args, kwargs)[0]
-        return vd.new_tensor(size, stride, offset, dtype, None, site, info.name)
+        plan.outs = ((None, size, stride, offset, dtype, _nbytes(size, stride, offset, dtype)),)
+        return plan
     if info.metadata:
-        return _metadata(func, args, kwargs)
+        return Plan(info, METADATA)
     # An op that returns nothing (a custom op writing its Tensor(a!) arguments,
     # _foreach_add_) is asynchronous like any kernel; one returning a Python value syncs.
     if (info.n_returns and not info.returns_tensors) or info.syncs_with(args, kwargs):
-        return issue_sync(vd, func, args, kwargs, site)
+        return Plan(info, SYNC)
     try:
         layouts = output_layouts(func, args, kwargs) if info.n_returns else []
     except NeedsSync:
-        return issue_sync(vd, func, args, kwargs, site)
-
-    by_name = dict(zip(info.arg_names, args))
-    by_name.update(kwargs)
-    outputs, out_refs, accesses = [], [], []
+        return Plan(info, SYNC)
+    plan = Plan(info, ASYNC)
+    outs = []
     for i, layout in enumerate(layouts):
         if layout is None:
-            outputs.append(None)
-            out_refs.append(None)
+            outs.append(None)
             continue
         size, stride, offset, dtype = layout
         alias = info.output_alias(i)
         if alias is not None:
-            base = by_name[alias]
+            pos = info.arg_names.index(alias)
+            at = alias if alias in kwargs or pos >= len(args) else pos
+            base = kwargs[alias] if at == alias else args[pos]
+            j = -1
             if isinstance(base, (list, tuple)):  # a list argument: output i aliases element i
-                base = base[i] if i < len(base) else base[0]
-            outputs.append(DeviceTensor(base._vs, size, stride, offset, dtype))
+                j = i if i < len(base) else 0
+            outs.append(((at, j), size, stride, offset, dtype))
+        else:
+            outs.append((None, size, stride, offset, dtype, _nbytes(size, stride, offset, dtype),
+                         *layout_set(tuple(size), tuple(stride), offset, dtype.itemsize)))
+    plan.outs = tuple(outs)
+    plan.launches = not info.is_view
+    plan.out_func = _out_variant(func, info, plan.outs) if plan.launches else None
+    plan.seeded = info.seeded
+    plan.single = not info.returns_list and info.n_returns == 1
+    plan.host_inputs = tuple(host_inputs)
+    plan.ix = indexed(func)
+    ops = []
+    for i, (where, _name, t, write) in enumerate(operands):
+        if not isinstance(t, DeviceTensor):
+            continue
+        size, stride, offset = t._layout
+        tset = layout_set(size, stride, offset, t.dtype.itemsize)
+        if i == 0 and plan.ix is not None:
+            plan.pending_set = tset  # the superset; a fresh Pending per call
+        ops.append((where, write, *tset))
+    plan.operands = tuple(ops)
+    return plan
+
+
+def _nbytes(size, stride, offset, dtype) -> int:
+    return extent(size, stride, offset, dtype.itemsize)[1]
+
+
+_PLANS: dict = register_cache({})  # _call_key -> Plan (cleared with the sets: set_exact)
+
+
+def issue(vd, func, args, kwargs, site: Site):
+    """Issue one op with device-tensor arguments on vd's current stream."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    key = _call_key(func, args, kwargs)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _build_plan(func, args, kwargs)
+        if key is not None:
+            if len(_PLANS) >= 4096:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    kind = plan.kind
+    if kind is not ASYNC:
+        if kind is EMPTY:
+            _w, size, stride, offset, dtype, nbytes = plan.outs[0]
+            return vd.new_tensor(size, stride, offset, dtype, None, site, plan.info.name, nbytes)
+        if kind is METADATA:
+            return _metadata(func, args, kwargs)
+        return issue_sync(vd, func, args, kwargs, site)
+
+    info = plan.info
+    outputs, out_refs, accesses = [], [], []
+    for out in plan.outs:
+        if out is None:
+            outputs.append(None)
+            out_refs.append(None)
+        elif out[0] is not None:  # a view of an argument
+            where, size, stride, offset, dtype = out
+            outputs.append(DeviceTensor(_at(args, kwargs, where)._vs, size, stride, offset, dtype))
             out_refs.append(None)
         else:
-            out = vd.new_tensor(size, stride, offset, dtype, None, site, info.name)
-            outputs.append(out)
-            out_refs.append(Ref(out))
-            accesses.append(_access(out, True))
+            _w, size, stride, offset, dtype, nbytes, start, stop, region = out
+            t = vd.new_tensor(size, stride, offset, dtype, None, site, info.name, nbytes)
+            outputs.append(t)
+            out_refs.append(Ref(t))
+            alloc = t._vs.alloc
+            accesses.append((alloc, start, stop, True) if region is None else (alloc, region, True))
 
-    if not info.is_view:
-        if host_inputs:  # a pageable H2D copy: not permitted while the stream captures
+    if plan.launches:
+        if plan.host_inputs:  # a pageable H2D copy: not permitted while the stream captures
             vd.graphs.forbid(f"upload of a CPU index tensor for {info.name}", stream=vd.current_stream)
-        if info.seeded:
+        if plan.seeded:
             vd.graphs.no_random(info.name)
-        ix = indexed(func)
-        pending = _operand_accesses(ix, operands, accesses)
-        for t in host_inputs:
-            vd.host_read(t, f"upload of {info.name} argument", site)
+        ix = plan.ix
+        pending = None
+        operands = plan.operands
+        if plan.pending_set is not None:  # its first operand's: a fresh Pending per call
+            target = _at(args, kwargs, operands[0][0])
+            pending = Pending(*plan.pending_set)
+            accesses.append((target._vs.alloc, pending, operands[0][1]))
+            # Its layout now (in-place view ops change it later), never the tensor
+            # itself: queued work must not keep the storage alive.
+            layout, itemsize = target._layout, target.dtype.itemsize
+            operands = operands[1:]
+        for where, write, start, stop, region in operands:
+            alloc = _at(args, kwargs, where)._vs.alloc
+            if region is None:
+                accesses.append((alloc, start, stop, write))
+            else:
+                accesses.append((alloc, region, write))
+        for where in plan.host_inputs:
+            vd.host_read(_at(args, kwargs, where), f"upload of {info.name} argument", site)
         seed = None
-        if info.seeded:  # drawn now from the op's CUDA generator: no schedule dependence
+        if plan.seeded:  # drawn now from the op's CUDA generator: no schedule dependence
             kwargs = dict(kwargs)
             seed = draw_seed(vd, kwargs)
         cargs = capture(args)
         ckwargs = {k: capture(v) for k, v in kwargs.items()} if kwargs else kwargs
-        # Its layout now (in-place view ops change it later), never the tensor itself:
-        # queued work must not keep the storage alive.
-        if pending is not None:
-            layout, itemsize = operands[0][1]._layout, operands[0][1].dtype.itemsize
+
+        out_func = plan.out_func
 
         def run(pending=pending):  # a CUDA graph replay passes a fresh one (sim/graphs.py)
             __tracebackhide__ = True  # pytest: show the user's frames, not ours
             if pending is not None:  # the index values exist now, before the op uses them
                 _resolve(vd.hb, ix, pending, layout, itemsize, cargs, ckwargs)
-            run_captured(func, cargs, ckwargs, out_refs, seed)
+            if out_func is not None:
+                run_into(out_func, cargs, ckwargs, out_refs[0])
+            else:
+                run_captured(func, cargs, ckwargs, out_refs, seed)
 
         vd.launch(info.name, accesses, site, run)
+    if plan.single:
+        return outputs[0]
     if info.returns_list:
         return outputs
-    if info.n_returns == 1:
-        return outputs[0]
     return tuple(outputs) if outputs else None
 
 

@@ -44,7 +44,8 @@ def poison_(buf: torch.Tensor) -> None:
 class Block:
     """Bytes of device memory, with a fake device address."""
 
-    __slots__ = ("address", "nbytes", "data", "stream", "pending", "typed", "pool", "alloc")
+    __slots__ = ("address", "nbytes", "data", "stream", "pending", "typed", "views", "pool",
+                 "alloc")
 
     def __init__(self, address: int, nbytes: int, stream):
         self.address = address
@@ -52,12 +53,17 @@ class Block:
         # Never an inference tensor, even when allocated under torch.inference_mode():
         # the block outlives that block of code and is written (ops run late, the
         # session restores memory) outside it.
-        with torch.inference_mode(False):
-            self.data = torch.empty(nbytes, dtype=torch.uint8, device="cpu")  # also under a user's `with torch.device("cuda")`
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                self.data = torch.empty(nbytes, dtype=torch.uint8, device="cpu")
+        else:  # (entering the context costs more than the allocation)
+            # device="cpu": also under a user's `with torch.device("cuda")`
+            self.data = torch.empty(nbytes, dtype=torch.uint8, device="cpu")
         poison_(self.data)
         self.stream = stream
         self.pending: list = []  # scheduler items that must complete before reuse
         self.typed: dict = {}  # dtype -> the bytes seen as a flat tensor of that dtype
+        self.views: dict = {}  # (dtype, layout, inference mode) -> a CPU view (issue.Ref)
         self.pool: "GraphPool | None" = None  # set for a CUDA graph pool's block
         self.alloc = None  # a pool block's model allocation, for its whole life
 

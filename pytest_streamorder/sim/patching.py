@@ -3,7 +3,21 @@ stand-in and the API surface modules install while a virtual device is active)."
 
 from __future__ import annotations
 
+from types import ModuleType
+
 _MISSING = object()
+
+
+def _bound(module, name: str):
+    """getattr(module, name, _MISSING), without raising (and catching) an AttributeError
+    for each name a module lacks: a plain module's attribute is its __dict__ entry, unless
+    it has a module __getattr__ (PEP 562)."""
+    if type(module) is ModuleType:
+        namespace = module.__dict__
+        value = namespace.get(name, _MISSING)
+        if value is not _MISSING or "__getattr__" not in namespace:
+            return value
+    return getattr(module, name, _MISSING)
 
 
 class Patches:
@@ -19,7 +33,7 @@ class Patches:
         """Replace `original` wherever one of `modules` binds it under `name`: torch.cuda
         re-exports its submodules' functions, and both spellings must see the stand-in."""
         for module in modules:
-            if getattr(module, name, _MISSING) is original:
+            if _bound(module, name) is original:
                 self.set(module, name, value)
 
     def entries(self) -> list:
