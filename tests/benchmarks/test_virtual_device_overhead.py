@@ -1,6 +1,10 @@
 """What the virtual device costs: the reference overlap loop (8 steps, batch 16) on the
 virtual device against the same program eager on device="cpu".
 
+Two ways to count a schedule: `test_virtual_device` opens a `virtual_device()` per
+schedule (attach and detach included, ~0.8 ms), `test_schedule_in_session` runs each
+schedule as `pytest --streamorder` does, a Run on the session's attached device.
+
 Run: python -m pytest tests/benchmarks/test_virtual_device_overhead.py --benchmark-only
 The ratio, schedules/s and device ops/s land in the benchmark's extra_info (and
 --benchmark-json); eager CPU records programs/s.
@@ -61,3 +65,34 @@ def test_virtual_device(benchmark, policy):
         benchmark.extra_info["ratio_to_eager_cpu"] = round(median / eager_cpu, 1)
         benchmark.extra_info["device_ops_per_schedule"] = vd.ops_issued
         benchmark.extra_info["device_ops_per_s"] = round(vd.ops_issued / median)
+
+
+@pytest.mark.parametrize("policy", ["eager", "random", "delay"])
+def test_schedule_in_session(benchmark, policy):
+    from pytest_streamorder.sim.session import SessionRuntime
+    from pytest_streamorder.sim.device import Run
+
+    seeds = iter(range(10**9))
+    session = SessionRuntime().install()
+    try:
+        device = session.device
+
+        def one_schedule():
+            run = Run(seed=next(seeds), policy=policy)
+            device.start_run(run)
+            try:
+                overlap_program("cuda", 0)
+            finally:
+                device.end_of_test()
+                device.start_run(session.idle_run())
+            return run
+
+        run = benchmark(one_schedule)
+    finally:
+        session.uninstall()
+    assert run.races == []
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        median = benchmark.stats.stats.median
+        eager_cpu = min(timeit.repeat(lambda: overlap_program("cpu", 0), number=5, repeat=5)) / 5
+        benchmark.extra_info["schedules_per_s"] = round(1 / median, 1)
+        benchmark.extra_info["ratio_to_eager_cpu"] = round(median / eager_cpu, 1)
