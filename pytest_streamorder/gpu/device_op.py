@@ -24,8 +24,6 @@ class DeviceOps:
 
     def _device_op(self, func, info, args, kwargs, tensors):
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        if info.is_view and not info.may_copy:
-            return func(*args, **kwargs)  # no device work
         site = Site.here(2, self.depth)
         agent = self._current_agent()
         if func is aten.record_stream.default:

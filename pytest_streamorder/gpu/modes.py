@@ -42,6 +42,8 @@ class DispatchMode(TorchDispatchMode):
         if kwargs is None:
             kwargs = {}
         info = op_info(func)
+        if info.metadata or (info.is_view and not info.may_copy):
+            return func(*args, **kwargs)  # no device work, on any device
         tensors = info.tensor_args(args, kwargs)
         for t, _w in tensors:
             if t.is_cuda:
@@ -51,7 +53,7 @@ class DispatchMode(TorchDispatchMode):
             if dev is None or not _is_cuda_device(dev):
                 return func(*args, **kwargs)  # host-only op
         be = self.be
-        if be is None or info.metadata or not be.active:
+        if be is None or not be.active:
             return func(*args, **kwargs)
         # Held while the op runs too: callbacks it fires are applied after its launch
         # (device_op.py), so no other thread's callback may slip in between.
