@@ -39,6 +39,15 @@ def _fallback(op, *args, **kwargs):
     if vd is None or not vd.active:
         raise NotImplementedError(f"Could not run '{op}' with arguments from the 'CUDA' backend "
                                   f"(a CPU build of torch, and no virtual device is active)")
+    if torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.Python):
+        # Made below Python dispatch (torch.tensor(data, device="cuda") copies its data
+        # there): nothing done with the tensor would reach us, a silent wrong path or an
+        # internal assert of torch's. Our entry points never take this route.
+        raise NotModelledError(
+            f"{op} by device below Python dispatch",
+            "torch.tensor/as_tensor(..., device='cuda') called through a reference taken "
+            "before the virtual device attached (`from torch import tensor` at import "
+            "time): call torch.tensor(...)")
     if not _takes_no_tensor(op, args, kwargs):
         # A CUDA-keyed tensor that is not the virtual device's (made by C++ behind our
         # back): running it would be a silent wrong path.

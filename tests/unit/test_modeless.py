@@ -188,3 +188,16 @@ def test_a_factory_bound_before_attaching_is_refused_by_name():
     with so.virtual_device(policy="delay"):
         with pytest.raises(so.NotModelledError, match=r"arange.*zero-size out="):
             early_arange(4, device="cuda")
+
+
+def test_torch_tensor_bound_before_attaching_is_refused_by_name():
+    """torch.tensor(data, device="cuda") through an early reference copies its data below
+    Python dispatch, where nothing reaches the device: refused, not torch's internal assert."""
+    from torch import as_tensor as early_as_tensor
+    from torch import tensor as early_tensor
+
+    with so.virtual_device(policy="delay"):
+        for factory in (early_tensor, early_as_tensor):
+            with pytest.raises(so.NotModelledError, match="below Python dispatch"):
+                factory([1, 2], device="cuda")
+        assert torch.tensor([1, 2], device="cuda").cpu().tolist() == [1, 2]  # the entry point
