@@ -180,6 +180,21 @@ def test_default_device_contexts_make_device_memory():
         assert torch.arange(2).device.type == "meta"
 
 
+def test_default_device_context_with_the_mode_pushed():
+    """Pinned memory pushes our function mode; torch's DeviceContext then sits below it."""
+    with so.virtual_device(policy="delay"):
+        pinned = torch.zeros(4).pin_memory()
+        assert torch._C._len_torch_function_stack() == 1
+        with torch.device("cuda"):
+            r, t, z = torch.arange(4), torch.tensor([1, 2]), torch.zeros(3)
+            w = torch.nn.Linear(2, 3).weight
+        assert [x.device.type for x in (r, t, z, w)] == ["cuda"] * 4
+        assert r.cpu().tolist() == [0, 1, 2, 3] and t.cpu().tolist() == [1, 2]
+        pinned.copy_(r.float(), non_blocking=True)
+        torch.cuda.synchronize()
+        assert pinned.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_a_factory_bound_before_attaching_is_refused_by_name():
     """`from torch import arange` taken before the device attached bypasses our entry
     points; C++ then fills a zero-size out= tensor, which must not come back empty."""
