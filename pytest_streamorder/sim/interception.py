@@ -164,7 +164,7 @@ def _slice_args(s: slice):
     return start, stop, step
 
 
-def _select(vd, t, dim: int, index: int, site):
+def _select(t, dim: int, index: int, site):
     """applySelect: None where C++ raises (0-dim, out of bounds)."""
     sizes = t._layout[0]
     if dim >= len(sizes) or not -_INDEX_MAX <= index <= _INDEX_MAX:
@@ -175,7 +175,7 @@ def _select(vd, t, dim: int, index: int, site):
     return dispatch(aten.select.int, _DT, (t, dim, index), _NO_KWARGS, site)
 
 
-def _slice(vd, t, dim: int, s: slice, site, optimize: bool):
+def _slice(t, dim: int, s: slice, site, optimize: bool):
     """applySlice: None where C++ raises; `t` itself where C++ skips a full slice."""
     parsed = _slice_args(s)
     sizes = t._layout[0]
@@ -188,34 +188,21 @@ def _slice(vd, t, dim: int, s: slice, site, optimize: bool):
     return dispatch(aten.slice.Tensor, _DT, args, _NO_KWARGS, site)
 
 
-def _getitem(vd, args, kwargs):
-    """Tensor.__getitem__ with an int, a slice, None, Ellipsis or a tuple of those."""
-    __tracebackhide__ = True  # pytest: show the user's frames, not ours
-    if kwargs or len(args) != 2 or type(args[0]) is not DeviceTensor:
-        return _TWIN
-    self, index = args
-    cls = type(index)
-    if cls is int:
-        if not self._layout[0]:
-            return _TWIN
-        out = _select(vd, self, 0, index, Site.here(1))
-    elif cls is slice:
-        if not self._layout[0]:
-            return _TWIN
-        out = _slice(vd, self, 0, index, Site.here(1), optimize=False)
-    elif index is None:
-        out = dispatch(aten.unsqueeze.default, _DT, (self, 0), _NO_KWARGS, Site.here(1))
-    elif index is Ellipsis:
-        out = dispatch(aten.alias.default, _DT, (self,), _NO_KWARGS, Site.here(1))
-    elif cls is tuple:
-        out = _getitem_tuple(vd, self, index)
-    else:
-        return _TWIN
-    return _TWIN if out is None else out
+_MASKS = (torch.bool, torch.uint8)  # a mask index spans as many dims as it has
 
 
-def _getitem_tuple(vd, self, index: tuple):
-    """applySlicing over a tuple of basic indices; an alias when nothing changed."""
+def _index_tensor(obj) -> bool:
+    """A tensor index the direct path takes: a device tensor or a plain host tensor with
+    a dim (a 0-dim one is read on the host by C++: the twin path)."""
+    cls = type(obj)
+    if cls is DeviceTensor:
+        return len(obj._layout[0]) > 0
+    return cls is torch.Tensor and obj.dim() > 0
+
+
+def _apply_slicing(self, index: tuple, site):
+    """applySlicing: the view the basic indices make, and the tensor indices left for
+    aten.index / index_put_ (None for a dim they leave alone). None: the twin path."""
     specified, ellipses = 0, 0
     for obj in index:
         cls = type(obj)
@@ -223,30 +210,163 @@ def _getitem_tuple(vd, self, index: tuple):
             specified += 1
         elif obj is Ellipsis:
             ellipses += 1
-        elif obj is not None:
-            return None  # a tensor, a bool, a list, an __index__ object: twin path
+        elif obj is None:
+            pass
+        elif _index_tensor(obj):
+            specified += obj.dim() if obj.dtype in _MASKS else 1
+        else:
+            return None  # a bool, a list, a 0-dim tensor, an __index__ object
     ndim = len(self._layout[0])
     if specified > ndim or ellipses > 1:
         return None  # C++'s "too many indices" (or NumPy's one-ellipsis rule)
-    site = Site.here(2)  # from _guarded_call, as dispatch's capture under a twin
-    result, dim = self, 0
+    result, dim, tensors = self, 0, []
     for obj in index:
         cls = type(obj)
         if cls is int:
-            result = _select(vd, result, dim, obj, site)
+            result = _select(result, dim, obj, site)
         elif cls is slice:
-            result = _slice(vd, result, dim, obj, site, optimize=True)
+            result = _slice(result, dim, obj, site, optimize=True)
             dim += 1
+            if tensors:
+                tensors.append(None)
         elif obj is None:
             result = dispatch(aten.unsqueeze.default, _DT, (result, dim), _NO_KWARGS, site)
             dim += 1
-        else:
+            if tensors:
+                tensors.append(None)
+        elif obj is Ellipsis:
             dim += ndim - specified
+            if tensors:
+                tensors.extend([None] * (ndim - specified))
+        else:
+            if not tensors:
+                tensors = [None] * dim
+            tensors.append(obj)
+            dim += obj.dim() if obj.dtype in _MASKS else 1
         if result is None:
             return None
+    while tensors and tensors[-1] is None:
+        tensors.pop()
+    return result, tensors
+
+
+def _getitem(vd, args, kwargs):
+    """Tensor.__getitem__ with ints, slices, None, Ellipsis and tensors (no bools,
+    lists, 0-dim tensors): THPVariable_getitem's ops."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    if kwargs or len(args) != 2 or type(args[0]) is not DeviceTensor:
+        return _TWIN
+    self, index = args
+    cls = type(index)
+    if cls is int or cls is slice:  # get_item's one-index case: a slice always dispatched
+        if not self._layout[0]:
+            return _TWIN
+        site = Site.here(1)  # from _guarded_call, as dispatch's capture under a twin
+        out = _select(self, 0, index, site) if cls is int else \
+            _slice(self, 0, index, site, optimize=False)
+        return _TWIN if out is None else out
+    if index is None:
+        return dispatch(aten.unsqueeze.default, _DT, (self, 0), _NO_KWARGS, Site.here(1))
+    if index is Ellipsis:
+        return dispatch(aten.alias.default, _DT, (self,), _NO_KWARGS, Site.here(1))
+    if cls is not tuple:
+        if not _index_tensor(index):
+            return _TWIN
+        index = (index,)
+    site = Site.here(1)
+    sliced = _apply_slicing(self, index, site)
+    if sliced is None:
+        return _TWIN
+    result, tensors = sliced
+    if tensors:  # advanced indexing
+        return dispatch(aten.index.Tensor, _DT, (result, tensors), _NO_KWARGS, site)
     if result is self:  # x[...], x[:, :]: a shallow copy, as C++ makes
         result = dispatch(aten.alias.default, _DT, (self,), _NO_KWARGS, site)
     return result
+
+
+def _prefix_1s_stripped(t):
+    """slicePrefix1sSize: the sizes without their leading 1s."""
+    sizes = tuple(t.shape)
+    i = 0
+    while i < len(sizes) and sizes[i] == 1:
+        i += 1
+    return list(sizes[i:])
+
+
+def _view(t, sizes: list, site):
+    if type(t) is DeviceTensor:
+        return dispatch(aten.view.default, _DT, (t, sizes), _NO_KWARGS, site)
+    return t.view(sizes)
+
+
+def _copy_to(vd, dst, src, site, copy_site):
+    """at::indexing::copy_to: copy_, a fill_ from a host scalar, or copy_ of src viewed
+    without its leading 1s and expanded to dst."""
+    if tuple(src.shape) == dst._layout[0]:
+        dispatch(aten.copy_.default, _DT, (dst, src), _NO_KWARGS, copy_site())
+        return
+    if src.dim() == 0 and type(src) is not DeviceTensor:
+        dispatch(aten.fill_.Tensor, _DT, (dst, src), _NO_KWARGS, site)
+        return
+    src = _view(src, _prefix_1s_stripped(src), site)
+    sizes = list(dst._layout[0])
+    if list(src.shape) != sizes:
+        if type(src) is DeviceTensor:
+            src = dispatch(aten.expand.default, _DT, (src, sizes), _NO_KWARGS, site)
+        else:
+            src = src.expand(sizes)
+    dispatch(aten.copy_.default, _DT, (dst, src), _NO_KWARGS, copy_site())
+
+
+def _setitem(vd, args, kwargs):
+    """Tensor.__setitem__ of a tensor value (not a Python number: C++ converts it with
+    its own rules) at ints, slices, None, Ellipsis and tensors: THPVariable_setitem's
+    ops."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    if kwargs or len(args) != 3 or type(args[0]) is not DeviceTensor:
+        return _TWIN
+    self, index, value = args
+    if (type(value) is not DeviceTensor and type(value) is not torch.Tensor) or value.requires_grad:
+        return _TWIN
+    site = Site.here(1)  # from _guarded_call, as dispatch's capture under a twin
+
+    def copy_site():  # _copy_'s capture under a twin starts at the twin's __torch_dispatch__
+        return Site.here(2)
+
+    cls = type(index)
+    if cls is int or cls is slice or index is None or index is Ellipsis:
+        # set_item's one-index case (a full slice is skipped, unlike __getitem__'s)
+        if index is Ellipsis:
+            dst = self
+        elif index is None:
+            dst = dispatch(aten.unsqueeze.default, _DT, (self, 0), _NO_KWARGS, site)
+        elif not self._layout[0]:
+            return _TWIN
+        elif cls is int:
+            dst = _select(self, 0, index, site)
+        else:
+            dst = _slice(self, 0, index, site, optimize=True)
+        if dst is None:
+            return _TWIN
+        _copy_to(vd, dst, value, site, copy_site)
+        return None
+    if cls is not tuple:
+        if not _index_tensor(index):
+            return _TWIN
+        index = (index,)
+    sliced = _apply_slicing(self, index, site)
+    if sliced is None:
+        return _TWIN
+    result, tensors = sliced
+    if not tensors:
+        _copy_to(vd, result, value, site, copy_site)
+        return None
+    stripped = _prefix_1s_stripped(value)
+    if len(stripped) != value.dim():
+        value = _view(value, stripped, site)
+    dispatch(aten.index_put_.default, _DT, (result, tensors, value), _NO_KWARGS, site)
+    return None
 
 
 def _copy_direct(vd, args, kwargs):
@@ -267,14 +387,12 @@ def _copy_direct(vd, args, kwargs):
             or non_blocking.__class__ is not bool:
         return _TWIN
     cargs = (args[0], src, True) if non_blocking else (args[0], src)
-    site = Site.here(0)  # where the twin's __torch_dispatch__ stood
-    threads.ensure_thread_mode()
-    with RUNTIME_LOCK:
-        _copy_(vd, aten.copy_.default, cargs, _NO_KWARGS, site)
+    # _copy_'s capture under a twin starts at the twin's __torch_dispatch__: here
+    dispatch(aten.copy_.default, _DT, cargs, _NO_KWARGS, Site.here(0))
     return args[0]  # `dst.copy_(src) is dst` (issue's answer for D2D is a fresh view)
 
 
-DIRECT = {T.__getitem__: _getitem, T.copy_: _copy_direct}
+DIRECT = {T.__getitem__: _getitem, T.__setitem__: _setitem, T.copy_: _copy_direct}
 
 
 _NO_KWARGS: dict = {}  # never written: the keywords of a call that has none
@@ -661,6 +779,8 @@ def dispatch(func, types, args, kwargs, site=None):
         _refuse_resizing_out(func, args, kwargs)
     with RUNTIME_LOCK:
         if handler is not None:
+            if site is not None:  # a direct guarded call's copy_ (the one such handler)
+                return handler(vd, func, args, kwargs, site)
             return handler(vd, func, args, kwargs)
         return issue(vd, func, args, kwargs, site or Site.here(2))
 

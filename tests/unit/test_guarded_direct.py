@@ -31,12 +31,50 @@ def _outcome(fn):
 ints = st.integers(-7, 7)
 bounds = st.one_of(st.none(), st.integers(-8, 8), st.sampled_from([2**40, -(2**40), 2**70]))
 slices = st.builds(slice, bounds, bounds, st.one_of(st.none(), st.integers(-2, 4)))
-basic = st.one_of(ints, slices, st.none(), st.just(Ellipsis))
+# Tensor indices, made inside the device block (_make): device and host, long and bool,
+# a 0-dim one and a float one (C++ and aten reject or sync on those).
+TENSORS = ["Ldev", "Lcpu", "Bdev", "Bcpu", "L0dev", "Fcpu", "Ldev2"]
+basic = st.one_of(ints, slices, st.none(), st.just(Ellipsis), st.sampled_from(TENSORS))
 indices = st.one_of(basic, st.lists(basic, max_size=5).map(tuple),
                     st.sampled_from([True, False, [0], (0, [0]), 2**70, (0, 1.0)]))
+VALUES = ["cpu0", "dev0", "devrow", "dev1row", "cpurow", "cpu0f", "devbad", 3]
 
 
-def _getitem_both(shape, index, monkeypatch):
+def _make(token, shape, device):
+    """An index or value token as a tensor on `device` ("cuda" for the direct and twin
+    runs, "cpu" for eager), where the token does not name a side itself."""
+    if isinstance(token, tuple):
+        return tuple(_make(t, shape, device) for t in token)
+    if not isinstance(token, str):
+        return token
+    dev = "cpu" if token.endswith("cpu") or token.startswith("cpu") else device
+    last = shape[-1] if shape else 1
+    return {
+        "Ldev": lambda: torch.tensor([0, -1], device=dev),
+        "Ldev2": lambda: torch.tensor([[0], [-1]], device=dev),
+        "Lcpu": lambda: torch.tensor([0, -1]),
+        "Bdev": lambda: torch.tensor([True, False], device=dev),
+        "Bcpu": lambda: torch.tensor([True, False]),
+        "L0dev": lambda: torch.tensor(0, device=dev),
+        "Fcpu": lambda: torch.tensor([0.0]),
+        "cpu0": lambda: torch.tensor(5),
+        "cpu0f": lambda: torch.tensor(2.5),
+        "dev0": lambda: torch.tensor(6, device=dev),
+        "devrow": lambda: torch.arange(last, device=dev) + 10,
+        "dev1row": lambda: (torch.arange(last, device=dev) + 20).reshape(1, 1, last),
+        "cpurow": lambda: torch.arange(last) + 30,
+        "devbad": lambda: torch.arange(last + 1, device=dev),
+    }[token]()
+
+
+def _base(shape, device):
+    n = torch.Size(shape).numel()
+    return torch.arange(n, device=device).reshape(shape)
+
+
+def _run_both(program, monkeypatch):
+    """program() on the device through the direct path and the twin path: outcomes,
+    including an error raised by queued work at the block's exit."""
     results = []
     for twin in (False, True):
         with monkeypatch.context() as m:
@@ -44,13 +82,7 @@ def _getitem_both(shape, index, monkeypatch):
                 _twin_path(m)
             try:
                 with so.virtual_device() as vd:
-                    x = torch.arange(max(1, torch.Size(shape).numel()), device="cuda")
-                    x = x[: torch.Size(shape).numel()].reshape(shape)
-                    got = _outcome(lambda: x[index])
-                    if got[0] == "ok":  # a view of x's storage, or the copy C++ made
-                        y = x[index]
-                        got += (y.untyped_storage().data_ptr()
-                                == x.untyped_storage().data_ptr(), y is x)
+                    got = program()
                 assert vd.races == []
             except Exception as exc:  # noqa: BLE001 - a queued op failing at exit
                 got = ("exit error", type(exc).__name__, str(exc))
@@ -58,21 +90,120 @@ def _getitem_both(shape, index, monkeypatch):
     return results
 
 
-@settings(max_examples=400, deadline=None)
+def _check_eager(direct, eager):
+    """Where the device succeeds, eager CPU gives the same values. (Errors are compared
+    between the two device paths only: a host tensor into a device index_put_ is
+    CUDA's cross-device error, fine on CPU; an op whose meta kernel raises is a
+    NotModelledError on both device paths, sim/issue.py output_layouts.)"""
+    if direct[0] == "ok":
+        assert direct[:2] == eager[:2] and direct[4:6] == eager[4:6]
+
+
+@settings(max_examples=500, deadline=None)
 @given(shape=st.sampled_from(SHAPES), index=indices)
 def test_getitem_direct_matches_twin_and_cpu(shape, index):
-    mp = pytest.MonkeyPatch()
-    try:
-        direct, twin = _getitem_both(shape, index, mp)
-    finally:
-        mp.undo()
+    def program():
+        x = _base(shape, "cuda")
+        idx = _make(index, shape, "cuda")
+        got = _outcome(lambda: x[idx])
+        if got[0] == "ok":  # a view of x's storage, or a fresh block
+            y = x[idx]
+            got += (y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr(), y is x)
+        return got
+
+    with pytest.MonkeyPatch.context() as mp:
+        direct, twin = _run_both(program, mp)
     assert direct == twin
-    cpu = torch.arange(max(1, torch.Size(shape).numel()))[: torch.Size(shape).numel()].reshape(shape)
-    eager = _outcome(lambda: cpu[index])
-    if eager[0] == "error":
-        assert direct[:2] == eager[:2]
-    else:
-        assert direct[:2] == eager[:2] and direct[4:6] == eager[4:6]
+    _check_eager(direct, _outcome(lambda: _base(shape, "cpu")[_make(index, shape, "cpu")]))
+
+
+def _set_outcome(x, index, value):
+    try:
+        x[index] = value
+    except Exception as exc:  # noqa: BLE001 - compared, not swallowed
+        return ("error", type(exc).__name__, str(exc))
+    return ("ok", tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.cpu().tolist())
+
+
+@settings(max_examples=500, deadline=None)
+@given(shape=st.sampled_from(SHAPES), index=indices, value=st.sampled_from(VALUES))
+def test_setitem_direct_matches_twin_and_cpu(shape, index, value):
+    def program():
+        x = _base(shape, "cuda")
+        return _set_outcome(x, _make(index, shape, "cuda"), _make(value, shape, "cuda"))
+
+    with pytest.MonkeyPatch.context() as mp:
+        direct, twin = _run_both(program, mp)
+    assert direct == twin
+    eager = _set_outcome(_base(shape, "cpu"), _make(index, shape, "cpu"),
+                         _make(value, shape, "cpu"))
+    _check_eager(direct, eager)
+
+
+def _dispatch_log(monkeypatch, program):
+    """The aten ops the device's dispatch receives, twins shown as the device tensors
+    they stand for: the direct path must issue the same ops with the same arguments."""
+    from pytest_streamorder.sim import tensor
+
+    log = []
+    real = interception.dispatch
+
+    def norm(v):
+        if isinstance(v, (list, tuple)):
+            return type(v)(norm(x) for x in v)
+        if isinstance(v, interception.Twin):
+            v = v._dt
+        if isinstance(v, torch.Tensor):
+            return (type(v).__name__, tuple(v.shape), v.stride(), v.storage_offset())
+        return v
+
+    def spy(func, types, args, kwargs, site=None):
+        log.append((str(func), norm(args), norm(tuple(sorted((kwargs or {}).items())))))
+        return real(func, types, args, kwargs, site)
+
+    monkeypatch.setattr(interception, "dispatch", spy)
+    tensor.set_dispatch(spy)
+    try:
+        with so.virtual_device():
+            program()
+    finally:
+        tensor.set_dispatch(real)
+    return log
+
+
+CASES = [(0, None), (-1, None), (slice(1, None), None), ((0, slice(1, 3)), None),
+         ((None, 0), None), ((slice(None), slice(None)), None), (Ellipsis, None),
+         ((0, Ellipsis, 1), None), ((slice(0, 2), 1), None), ((), None), (None, None),
+         ("Ldev", None), (("Ldev", slice(None), "Lcpu"), None), ((slice(None), "Ldev"), None),
+         ((Ellipsis, "Ldev"), None),
+         (0, "devrow"), (0, "cpu0"), ((1, 1, 1), "dev0"), (slice(None), "cpurow"),
+         (Ellipsis, "dev1row"), (None, "devrow"), ("Ldev", "dev1row"), ("Ldev", "devrow"),
+         (("Ldev", 0), "dev0"), ((slice(None), "Ldev"), "cpu0")]
+
+
+@pytest.mark.parametrize("index,value", CASES)
+def test_direct_path_dispatches_what_cpp_does(index, value, monkeypatch):
+    shape = (2, 3, 4)
+
+    def program():
+        x = _base(shape, "cuda")
+        idx, val = _make(index, shape, "cuda"), _make(value, shape, "cuda")
+        if value is None:
+            x[idx]
+        else:
+            x[idx] = val
+        torch.cuda.synchronize()
+
+    made = []
+    real_twin = interception._twin
+    with monkeypatch.context() as m:
+        m.setattr(interception, "_twin", lambda v: made.append(v) or real_twin(v))
+        direct = _dispatch_log(m, program)
+    assert made == []  # no twin on the direct path
+    with monkeypatch.context() as m:
+        _twin_path(m)
+        twin = _dispatch_log(m, program)
+    assert direct == twin
 
 
 @pytest.mark.parametrize("index", [0, -1, slice(1, None), (0, slice(1, 3)), (None, 0),
@@ -136,7 +267,7 @@ def test_copy_direct_matches_twin(source, non_blocking, as_kw, monkeypatch):
     assert direct[2] == []
 
 
-def _racy(index_write: bool, depth: int):
+def _racy(index_write: str, depth: int):
     """A side-stream copy into a view taken by basic indexing, unordered with the
     default stream's work on x, reached `depth` helper calls down (the user frames a
     10-frame capture holds vary with it): the reports, sites included, as text."""
@@ -147,15 +278,21 @@ def _racy(index_write: bool, depth: int):
             x = torch.zeros(4, 8, device="cuda")
             side = torch.cuda.Stream()
             host = torch.ones(8).pin_memory()
-            if index_write:
+            if index_write == "copy":
                 with torch.cuda.stream(side):
                     row = x[1]  # a basic index: a view
                     row.copy_(host, non_blocking=True)  # unordered with torch.zeros
             else:
+                idx = torch.tensor([1, 2], device="cuda")
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
-                    y = x[1:3, ::2] * 2  # reads x on the side stream
-                x[1, 2:].copy_(host[:6])  # the default stream writes it, unordered
+                    y = x[1:3, ::2] * 2 if index_write == "read" else x[idx]  # reads x
+                if index_write == "read":
+                    x[1, 2:].copy_(host[:6])  # the default stream writes it, unordered
+                elif index_write == "setitem":
+                    x[1, None] = y[0, :1]  # a basic-index write
+                else:
+                    x[idx] = y  # an index_put_
             torch.cuda.synchronize()
     except so.StreamRaceError as exc:
         return str(exc)
@@ -163,7 +300,7 @@ def _racy(index_write: bool, depth: int):
 
 
 @pytest.mark.parametrize("depth", [0, 3, 5, 6, 7, 9])
-@pytest.mark.parametrize("index_write", [True, False])
+@pytest.mark.parametrize("index_write", ["copy", "read", "setitem", "advanced"])
 def test_race_reports_identical(index_write, depth, monkeypatch):
     reports = []
     for twin in (False, True):  # one call line: the reports name it
