@@ -120,7 +120,11 @@ def _guarded_call(vd, func, args, kwargs):
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     direct = DIRECT.get(func)
     if direct is not None:
-        out = direct(vd, args, kwargs)
+        if func is T.__getitem__:
+            out = direct(vd, args, kwargs)
+        else:  # in place: what C++'s ADInplaceOrView kernel does around a twin's op
+            with _BELOW_INPLACE_OR_VIEW():
+                out = direct(vd, args, kwargs)
         if out is not _TWIN:
             return out
     return _untwin(func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()}))
@@ -140,6 +144,9 @@ def _guarded_call(vd, func, args, kwargs):
 # its `_base` was the discarded twin. Version counters behave as through a twin.
 
 _TWIN = object()  # a direct function's answer: take the twin path
+# Through a twin, an in-place method's op ran under this guard (set by C++'s
+# ADInplaceOrView kernel): a host tensor's copy run inside it (a sync) keeps its version.
+_BELOW_INPLACE_OR_VIEW = torch._C._AutoDispatchBelowADInplaceOrView
 _DT = (DeviceTensor,)
 _INDEX_MAX = (1 << 62) - 1  # ints C++ and SymInt take as they are (bigger: twin path)
 _SSIZE_MAX = (1 << 63) - 1  # a slice's missing stop (PY_SSIZE_T_MAX)
@@ -370,26 +377,33 @@ def _setitem(vd, args, kwargs):
 
 
 def _copy_direct(vd, args, kwargs):
-    """Tensor.copy_(src[, non_blocking]) into a device tensor: our aten copy_ handler.
-    A host destination keeps the twin path: autograd's checks and version counter of a
-    host tensor are C++'s."""
+    """Tensor.copy_(src[, non_blocking]) with a device tensor on either side: our aten
+    copy_ handler. Into a host tensor that autograd's C++ would check (requires grad, an
+    inference tensor) or a subclass: the twin path."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     n = len(args)
-    if type(args[0]) is not DeviceTensor or not 2 <= n <= 3:
+    if not 2 <= n <= 3:
         return _TWIN
-    src = args[1]
+    dst, src = args[0], args[1]
     non_blocking = args[2] if n == 3 else False
     if kwargs:
         if n == 3 or len(kwargs) != 1 or "non_blocking" not in kwargs:
             return _TWIN
         non_blocking = kwargs["non_blocking"]
-    if not isinstance(src, torch.Tensor) or isinstance(src, Twin) or src.requires_grad \
-            or non_blocking.__class__ is not bool:
+    if non_blocking.__class__ is not bool or not isinstance(src, torch.Tensor) \
+            or isinstance(src, Twin) or src.requires_grad:
         return _TWIN
-    cargs = (args[0], src, True) if non_blocking else (args[0], src)
+    if type(dst) is not DeviceTensor:
+        if type(dst) is not torch.Tensor or type(src) is not DeviceTensor or not dst.is_cpu \
+                or dst.requires_grad or dst.is_inference():
+            return _TWIN
+    cargs = (dst, src, True) if non_blocking else (dst, src)
     # _copy_'s capture under a twin starts at the twin's __torch_dispatch__: here
-    dispatch(aten.copy_.default, _DT, cargs, _NO_KWARGS, Site.here(0))
-    return args[0]  # `dst.copy_(src) is dst` (issue's answer for D2D is a fresh view)
+    out = dispatch(aten.copy_.default, _DT, cargs, _NO_KWARGS, Site.here(0))
+    if type(dst) is DeviceTensor:  # `dst.copy_(src) is dst` (issue's D2D answer is a view)
+        return dst
+    torch._C._increment_version((dst,))  # ADInplaceOrView's bump after the op, as via a twin
+    return out
 
 
 DIRECT = {T.__getitem__: _getitem, T.__setitem__: _setitem, T.copy_: _copy_direct}

@@ -122,7 +122,8 @@ def _set_outcome(x, index, value):
         x[index] = value
     except Exception as exc:  # noqa: BLE001 - compared, not swallowed
         return ("error", type(exc).__name__, str(exc))
-    return ("ok", tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.cpu().tolist())
+    return ("ok", tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.cpu().tolist(),
+            x._version)
 
 
 @settings(max_examples=500, deadline=None)
@@ -248,7 +249,7 @@ def _copy_program(source: str, non_blocking, as_kw: bool):
                 out = dst.copy_(src, non_blocking=non_blocking)
             else:
                 out = dst.copy_(src, non_blocking)
-            got = ("ok", out is dst, dst.cpu().tolist())
+            got = ("ok", out is dst, dst.cpu().tolist(), dst._version, src._version)
         except Exception as exc:  # noqa: BLE001 - compared
             got = ("error", type(exc).__name__, str(exc))
         torch.cuda.synchronize()
@@ -265,6 +266,56 @@ def test_copy_direct_matches_twin(source, non_blocking, as_kw, monkeypatch):
         twin = _copy_program(source, non_blocking, as_kw)
     assert direct == twin
     assert direct[2] == []
+
+
+DESTS = ["host", "pinned", "host_int", "host_grad", "host_inference", "host_bad_shape",
+         "host_view"]
+
+
+def _d2h_program(dest: str, non_blocking):
+    with so.virtual_device() as vd:
+        src = torch.arange(12.0, device="cuda").reshape(4, 3) + 1
+        if dest == "host_grad":
+            dst = torch.zeros(4, 3, requires_grad=True)
+        elif dest == "host_inference":
+            with torch.inference_mode():
+                dst = torch.zeros(4, 3)
+        elif dest == "pinned":
+            dst = torch.zeros(4, 3).pin_memory()
+        elif dest == "host_int":
+            dst = torch.zeros(4, 3, dtype=torch.int32)
+        elif dest == "host_bad_shape":
+            dst = torch.zeros(5)
+        elif dest == "host_view":
+            dst = torch.zeros(4, 6)[:, ::2]
+        else:
+            dst = torch.zeros(4, 3)
+        def version():  # an inference tensor has none
+            return None if dst.is_inference() else dst._version
+
+        v0 = version()
+        try:
+            out = dst.copy_(src) if non_blocking is None else dst.copy_(src, non_blocking)
+            torch.cuda.synchronize()
+            got = ("ok", out is dst, v0 is not None and version() - v0, dst.tolist())
+        except Exception as exc:  # noqa: BLE001 - compared
+            got = ("error", type(exc).__name__, str(exc), v0 is not None and version() - v0)
+    return got, vd.ops_issued, vd.races
+
+
+@pytest.mark.parametrize("dest", DESTS)
+@pytest.mark.parametrize("non_blocking", [None, True, False])
+def test_copy_into_host_matches_twin(dest, non_blocking, monkeypatch):
+    """D2H copy_: value, identity, the host tensor's version counter, autograd's errors."""
+    direct = _d2h_program(dest, non_blocking)
+    with monkeypatch.context() as m:
+        _twin_path(m)
+        twin = _d2h_program(dest, non_blocking)
+    assert direct == twin
+    if dest in ("host", "pinned", "host_view"):
+        # bumped by the call, and again by a non-blocking copy when it runs (both paths)
+        bumps = 2 if dest == "pinned" and non_blocking else 1
+        assert direct[0][:3] == ("ok", True, bumps)
 
 
 def _racy(index_write: str, depth: int):
