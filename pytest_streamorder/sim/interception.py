@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -406,7 +408,35 @@ def _copy_direct(vd, args, kwargs):
     return out
 
 
-DIRECT = {T.__getitem__: _getitem, T.__setitem__: _setitem, T.copy_: _copy_direct}
+_REAL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INTEGRAL = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _scalar(conversion, index: bool = False):
+    """item(), bool(), float(), int(), index() of a one-element device tensor: the
+    _local_scalar_dense C++ would dispatch (a sync), then C++'s conversion. Another
+    element count or dtype (C++ raises, or converts by its own rules): the twin path."""
+    def direct(vd, args, kwargs):
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if kwargs or len(args) != 1 or type(args[0]) is not DeviceTensor:
+            return _TWIN
+        t = args[0]
+        dtype = t.dtype
+        if dtype in _REAL:
+            if index:
+                return _TWIN  # "only integer tensors ... can be converted to an index"
+        elif dtype not in _INTEGRAL and dtype is not torch.bool:
+            return _TWIN
+        if math.prod(t._layout[0]) != 1:
+            return _TWIN
+        value = dispatch(aten._local_scalar_dense.default, _DT, (t,), _NO_KWARGS, Site.here(1))
+        return value if conversion is None else conversion(value)
+    return direct
+
+
+DIRECT = {T.__getitem__: _getitem, T.__setitem__: _setitem, T.copy_: _copy_direct,
+          T.item: _scalar(None), T.__bool__: _scalar(bool), T.__float__: _scalar(float),
+          T.__int__: _scalar(int), T.__index__: _scalar(int, index=True)}
 
 
 _NO_KWARGS: dict = {}  # never written: the keywords of a call that has none

@@ -362,3 +362,57 @@ def test_race_reports_identical(index_write, depth, monkeypatch):
     direct, twin = reports
     assert direct is not None and direct == twin
     assert "test_guarded_direct.py" in direct
+
+
+SCALAR_DTYPES = [torch.float32, torch.float16, torch.float64, torch.int64, torch.int32,
+                 torch.uint8, torch.bool, torch.complex64]
+SCALAR_VALUES = [0, 1, -3, 2.75, -0.5, float("nan"), float("inf"), 300]
+CONVERSIONS = {"item": lambda t: t.item(), "bool": bool, "float": float, "int": int,
+               "index": lambda t: [10, 11, 12, 13][t], "if": lambda t: 1 if t else 0}
+
+
+@pytest.mark.parametrize("numel", [1, 0, 2])
+@pytest.mark.parametrize("dtype", SCALAR_DTYPES)
+@pytest.mark.parametrize("conversion", sorted(CONVERSIONS))
+def test_scalar_conversions_match_twin(conversion, dtype, numel, monkeypatch):
+    """item(), bool(), float(), int(), an index: value and type, or the error text."""
+    convert = CONVERSIONS[conversion]
+
+    def program():
+        out = []
+        for v in SCALAR_VALUES:
+            try:
+                host = torch.full((numel,), v).to(dtype)
+            except (RuntimeError, OverflowError):
+                continue
+            t = host.cuda()
+            got = _outcome_value(lambda: convert(t if numel != 1 else t[0] if v != 0 else t))
+            out.append(got)
+            if numel == 1:
+                assert got == _outcome_value(lambda: convert(host if v != 0 else host))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        direct, twin = _run_both(program, mp)
+    assert direct == twin
+
+
+def _outcome_value(fn):
+    try:
+        v = fn()
+    except Exception as exc:  # noqa: BLE001 - compared
+        return ("error", type(exc).__name__, str(exc))
+    return ("ok", type(v).__name__, repr(v))
+
+
+def test_scalar_conversions_make_no_twin(monkeypatch):
+    made = []
+    real = interception._twin
+    monkeypatch.setattr(interception, "_twin", lambda v: made.append(v) or real(v))
+    with so.virtual_device():
+        x = torch.tensor([2.5, 0.0], device="cuda")
+        n = torch.tensor([3], device="cuda")
+        got = (x[0].item(), bool(x[1]), float(n), int(x[0]), [0, 1, 2, 3][n[0]])
+        assert made == []
+    assert got == (2.5, False, 3.0, 2, 3)
+    assert [type(v) for v in got] == [float, bool, float, int, int]
