@@ -328,15 +328,26 @@ def _copy_to(vd, dst, src, site, copy_site):
     dispatch(aten.copy_.default, _DT, (dst, src), _NO_KWARGS, copy_site())
 
 
+_INT64 = 1 << 63
+# at::scalar_tensor on the host fills through scalar_fill, as C++'s scalar_tensor_static
+# does for a Python number assigned to a tensor (the unpatched binding: no entry point).
+_SCALAR_TENSOR = torch._C._VariableFunctions.scalar_tensor
+
+
 def _setitem(vd, args, kwargs):
-    """Tensor.__setitem__ of a tensor value (not a Python number: C++ converts it with
-    its own rules) at ints, slices, None, Ellipsis and tensors: THPVariable_setitem's
-    ops."""
+    """Tensor.__setitem__ of a tensor or a Python int, bool or float at ints, slices,
+    None, Ellipsis and tensors: THPVariable_setitem's ops."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     if kwargs or len(args) != 3 or type(args[0]) is not DeviceTensor:
         return _TWIN
     self, index, value = args
-    if (type(value) is not DeviceTensor and type(value) is not torch.Tensor) or value.requires_grad:
+    cls = type(value)
+    if cls is int or cls is bool or cls is float:
+        if cls is not float and not -_INT64 <= value < _INT64:
+            return _TWIN  # C++'s "Overflow when unpacking long"
+        # valueToTensor: a host scalar tensor of self's dtype (its conversion errors too)
+        value = _SCALAR_TENSOR(int(value) if cls is bool else value, dtype=self.dtype)
+    elif (cls is not DeviceTensor and cls is not torch.Tensor) or value.requires_grad:
         return _TWIN
     site = Site.here(1)  # from _guarded_call, as dispatch's capture under a twin
 

@@ -37,7 +37,8 @@ TENSORS = ["Ldev", "Lcpu", "Bdev", "Bcpu", "L0dev", "Fcpu", "Ldev2"]
 basic = st.one_of(ints, slices, st.none(), st.just(Ellipsis), st.sampled_from(TENSORS))
 indices = st.one_of(basic, st.lists(basic, max_size=5).map(tuple),
                     st.sampled_from([True, False, [0], (0, [0]), 2**70, (0, 1.0)]))
-VALUES = ["cpu0", "dev0", "devrow", "dev1row", "cpurow", "cpu0f", "devbad", 3]
+VALUES = ["cpu0", "dev0", "devrow", "dev1row", "cpurow", "cpu0f", "devbad", 3, -1, 2.5,
+          True, 300, 1e40, float("nan"), 2**70, 1 + 2j]
 
 
 def _make(token, shape, device):
@@ -67,9 +68,9 @@ def _make(token, shape, device):
     }[token]()
 
 
-def _base(shape, device):
+def _base(shape, device, dtype=torch.int64):
     n = torch.Size(shape).numel()
-    return torch.arange(n, device=device).reshape(shape)
+    return torch.arange(n, device=device).reshape(shape).to(dtype)
 
 
 def _run_both(program, monkeypatch):
@@ -122,21 +123,25 @@ def _set_outcome(x, index, value):
         x[index] = value
     except Exception as exc:  # noqa: BLE001 - compared, not swallowed
         return ("error", type(exc).__name__, str(exc))
-    return ("ok", tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.cpu().tolist(),
-            x._version)
+    return ("ok", tuple(x.shape), x.stride(), x.storage_offset(), x.dtype,
+            repr(x.cpu().tolist()), x._version)  # repr: nan == nan
 
 
-@settings(max_examples=500, deadline=None)
-@given(shape=st.sampled_from(SHAPES), index=indices, value=st.sampled_from(VALUES))
-def test_setitem_direct_matches_twin_and_cpu(shape, index, value):
+DTYPES = [torch.int64, torch.float32, torch.uint8, torch.bool, torch.float16]
+
+
+@settings(max_examples=600, deadline=None)
+@given(shape=st.sampled_from(SHAPES), index=indices, value=st.sampled_from(VALUES),
+       dtype=st.sampled_from(DTYPES))
+def test_setitem_direct_matches_twin_and_cpu(shape, index, value, dtype):
     def program():
-        x = _base(shape, "cuda")
+        x = _base(shape, "cuda", dtype)
         return _set_outcome(x, _make(index, shape, "cuda"), _make(value, shape, "cuda"))
 
     with pytest.MonkeyPatch.context() as mp:
         direct, twin = _run_both(program, mp)
     assert direct == twin
-    eager = _set_outcome(_base(shape, "cpu"), _make(index, shape, "cpu"),
+    eager = _set_outcome(_base(shape, "cpu", dtype), _make(index, shape, "cpu"),
                          _make(value, shape, "cpu"))
     _check_eager(direct, eager)
 
@@ -179,7 +184,8 @@ CASES = [(0, None), (-1, None), (slice(1, None), None), ((0, slice(1, 3)), None)
          ((Ellipsis, "Ldev"), None),
          (0, "devrow"), (0, "cpu0"), ((1, 1, 1), "dev0"), (slice(None), "cpurow"),
          (Ellipsis, "dev1row"), (None, "devrow"), ("Ldev", "dev1row"), ("Ldev", "devrow"),
-         (("Ldev", 0), "dev0"), ((slice(None), "Ldev"), "cpu0")]
+         (("Ldev", 0), "dev0"), ((slice(None), "Ldev"), "cpu0"), (0, 7), ((0, 1, 2), 2.5),
+         ("Ldev", True), (("Bdev",), -1)]
 
 
 @pytest.mark.parametrize("index,value", CASES)
