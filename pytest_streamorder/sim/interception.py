@@ -3,7 +3,9 @@
 - `handle` is the one description of what a torch call does on the device: factories
   with device="cuda", .cuda()/.to(), pinned memory, record_stream, tolist/numpy/repr,
   host accesses to pinned tensors, and the few methods whose C++ installs a CUDA device
-  guard before dispatch (those get a cpu-device twin). It is reached from
+  guard before dispatch (GUARDED: their common forms, basic and tensor indexing, copy_,
+  item()/bool()/int()/float(), issue the aten ops C++ would, straight to `dispatch`;
+  the rest get a cpu-device twin). It is reached from
   - DeviceTensor.__torch_function__ (`device_function`): every call with a device tensor
     argument, in any thread;
   - the entry points patched while attached (entry_points.py): factories by device,
