@@ -124,11 +124,8 @@ def _guarded_call(vd, func, args, kwargs):
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     direct = DIRECT.get(func)
     if direct is not None:
-        if func is T.__getitem__:
+        with _BELOW_AUTOGRAD_KERNELS():  # what a twin's op ran under (see below)
             out = direct(vd, args, kwargs)
-        else:  # in place: what C++'s ADInplaceOrView kernel does around a twin's op
-            with _BELOW_INPLACE_OR_VIEW():
-                out = direct(vd, args, kwargs)
         if out is not _TWIN:
             return out
     return _untwin(func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()}))
@@ -148,9 +145,10 @@ def _guarded_call(vd, func, args, kwargs):
 # its `_base` was the discarded twin. Version counters behave as through a twin.
 
 _TWIN = object()  # a direct function's answer: take the twin path
-# Through a twin, an in-place method's op ran under this guard (set by C++'s
-# ADInplaceOrView kernel): a host tensor's copy run inside it (a sync) keeps its version.
-_BELOW_INPLACE_OR_VIEW = torch._C._AutoDispatchBelowADInplaceOrView
+# Through a twin, every op reached Python under this guard (set by C++'s autograd and
+# ADInplaceOrView kernels on the way): a host tensor's queued copy that a sync runs
+# inside the call does not bump its version.
+_BELOW_AUTOGRAD_KERNELS = torch._C._AutoDispatchBelowADInplaceOrView
 _DT = (DeviceTensor,)
 _INDEX_MAX = (1 << 62) - 1  # ints C++ and SymInt take as they are (bigger: twin path)
 _SSIZE_MAX = (1 << 63) - 1  # a slice's missing stop (PY_SSIZE_T_MAX)

@@ -422,3 +422,33 @@ def test_scalar_conversions_make_no_twin(monkeypatch):
         assert made == []
     assert got == (2.5, False, 3.0, 2, 3)
     assert [type(v) for v in got] == [float, bool, float, int, int]
+
+
+@pytest.mark.parametrize("call", ["item", "bool", "getitem_mask", "setitem", "copy"])
+def test_host_versions_of_copies_run_inside_a_call_match_twin(call, monkeypatch):
+    """A queued D2H copy into pinned memory runs inside a syncing call: whether it bumps
+    the host tensor's version depends on the guard C++'s autograd kernels set around
+    the op (any op), the same on both paths."""
+    def program():
+        x = torch.tensor([1.0, 0.0, 2.0], device="cuda")  # (a blocking upload: before)
+        src = torch.arange(4.0, device="cuda") + 1
+        host = torch.zeros(4).pin_memory()
+        host.copy_(src, non_blocking=True)  # queued
+        v0 = host._version
+        if call == "item":
+            x[0].item()
+        elif call == "bool":
+            bool(x[1])
+        elif call == "getitem_mask":
+            x[x > 0.5]  # a nonzero sync
+        elif call == "setitem":
+            x[x > 0.5] = 3.0
+            x[0].item()
+        else:
+            torch.zeros(3).copy_(x)  # a blocking D2H
+        return host._version - v0, host.tolist()
+
+    with pytest.MonkeyPatch.context() as mp:
+        direct, twin = _run_both(program, mp)
+    assert direct == twin
+    assert direct[1] == [1.0, 2.0, 3.0, 4.0]
