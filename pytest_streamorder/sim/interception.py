@@ -3,7 +3,9 @@
 - `handle` is the one description of what a torch call does on the device: factories
   with device="cuda", .cuda()/.to(), pinned memory, record_stream, tolist/numpy/repr,
   host accesses to pinned tensors, and the few methods whose C++ installs a CUDA device
-  guard before dispatch (those get a cpu-device twin). It is reached from
+  guard before dispatch (GUARDED: their common forms, basic and tensor indexing, copy_,
+  item()/bool()/int()/float(), issue the aten ops C++ would, straight to `dispatch`;
+  the rest get a cpu-device twin). It is reached from
   - DeviceTensor.__torch_function__ (`device_function`): every call with a device tensor
     argument, in any thread;
   - the entry points patched while attached (entry_points.py): factories by device,
@@ -18,6 +20,8 @@
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -111,12 +115,339 @@ def _untwin(v):
     return v
 
 
-def _guarded_call(func, args, kwargs):
+def _guarded_call(vd, func, args, kwargs):
     """Call a GUARDED method with twins in place of device tensors. What C++ hands back
     as `self` (copy_ and other in-place methods, contiguous() of a contiguous tensor) is
-    the twin: the caller gets the device tensor itself, so `dst.copy_(src) is dst`."""
+    the twin: the caller gets the device tensor itself, so `dst.copy_(src) is dst`.
+    The common forms (basic indexing, copy_ into a device tensor) skip the twin: see
+    DIRECT."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    direct = DIRECT.get(func)
+    if direct is not None:
+        with _BELOW_AUTOGRAD_KERNELS():  # what a twin's op ran under (see below)
+            out = direct(vd, args, kwargs)
+        if out is not _TWIN:
+            return out
     return _untwin(func(*_twin(args), **{k: _twin(v) for k, v in kwargs.items()}))
+
+
+# --- guarded calls without a twin ---------------------------------------------------
+#
+# A twin costs a wrapper tensor per device argument, C++'s argument parsing and indexing
+# machinery, and a dispatch back into Python per aten op (x[0]: 12.4 us, against 5.2 us
+# for the select itself). For the forms below, the aten ops C++ would dispatch (the same
+# ops, arguments and order: python_variable_indexing.cpp, ATen/TensorIndexing.h) go to
+# `dispatch` directly, with one site for the call. Anything else, and every form C++
+# would reject (its error text is C++'s), takes the twin path before any op is issued.
+# The site is captured one frame above `_guarded_call` (the direct function's frame
+# stands where the twin's __torch_dispatch__ did), so it holds the same user frames.
+# Difference: a view made here is not an autograd view (`_base` is None); through a twin
+# its `_base` was the discarded twin. Version counters behave as through a twin.
+
+_TWIN = object()  # a direct function's answer: take the twin path
+# Through a twin, every op reached Python under this guard (set by C++'s autograd and
+# ADInplaceOrView kernels on the way): a host tensor's queued copy that a sync runs
+# inside the call does not bump its version.
+_BELOW_AUTOGRAD_KERNELS = torch._C._AutoDispatchBelowADInplaceOrView
+_DT = (DeviceTensor,)
+_INDEX_MAX = (1 << 62) - 1  # ints C++ and SymInt take as they are (bigger: twin path)
+_SSIZE_MAX = (1 << 63) - 1  # a slice's missing stop (PY_SSIZE_T_MAX)
+
+
+def _slice_args(s: slice):
+    """(start, stop, step) as torch's __PySlice_Unpack gives them, or None: a form the
+    twin path must handle (a non-int bound, a huge one, a step C++ rejects)."""
+    start, stop, step = s.start, s.stop, s.step
+    if step is None:
+        step = 1
+    elif type(step) is not int or not 0 < step <= _INDEX_MAX:
+        return None
+    if start is None:
+        start = 0
+    elif type(start) is not int or not -_INDEX_MAX <= start <= _INDEX_MAX:
+        return None
+    if stop is None:
+        stop = _SSIZE_MAX
+    elif type(stop) is not int or not -_INDEX_MAX <= stop <= _INDEX_MAX:
+        return None
+    return start, stop, step
+
+
+def _select(t, dim: int, index: int, site):
+    """applySelect: None where C++ raises (0-dim, out of bounds)."""
+    sizes = t._layout[0]
+    if dim >= len(sizes) or not -_INDEX_MAX <= index <= _INDEX_MAX:
+        return None
+    size = sizes[dim]
+    if not -size <= index < size:
+        return None
+    return dispatch(aten.select.int, _DT, (t, dim, index), _NO_KWARGS, site)
+
+
+def _slice(t, dim: int, s: slice, site, optimize: bool):
+    """applySlice: None where C++ raises; `t` itself where C++ skips a full slice."""
+    parsed = _slice_args(s)
+    sizes = t._layout[0]
+    if parsed is None or dim >= len(sizes):
+        return None
+    start, stop, step = parsed
+    if optimize and start == 0 and sizes[dim] <= stop and step == 1:
+        return t
+    args = (t, dim, start, stop) if step == 1 else (t, dim, start, stop, step)
+    return dispatch(aten.slice.Tensor, _DT, args, _NO_KWARGS, site)
+
+
+_MASKS = (torch.bool, torch.uint8)  # a mask index spans as many dims as it has
+
+
+def _index_tensor(obj) -> bool:
+    """A tensor index the direct path takes: a device tensor or a plain host tensor with
+    a dim (a 0-dim one is read on the host by C++: the twin path)."""
+    cls = type(obj)
+    if cls is DeviceTensor:
+        return len(obj._layout[0]) > 0
+    return cls is torch.Tensor and obj.dim() > 0
+
+
+def _apply_slicing(self, index: tuple, site):
+    """applySlicing: the view the basic indices make, and the tensor indices left for
+    aten.index / index_put_ (None for a dim they leave alone). None: the twin path."""
+    specified, ellipses = 0, 0
+    for obj in index:
+        cls = type(obj)
+        if cls is int or cls is slice:
+            specified += 1
+        elif obj is Ellipsis:
+            ellipses += 1
+        elif obj is None:
+            pass
+        elif _index_tensor(obj):
+            specified += obj.dim() if obj.dtype in _MASKS else 1
+        else:
+            return None  # a bool, a list, a 0-dim tensor, an __index__ object
+    ndim = len(self._layout[0])
+    if specified > ndim or ellipses > 1:
+        return None  # C++'s "too many indices" (or NumPy's one-ellipsis rule)
+    result, dim, tensors = self, 0, []
+    for obj in index:
+        cls = type(obj)
+        if cls is int:
+            result = _select(result, dim, obj, site)
+        elif cls is slice:
+            result = _slice(result, dim, obj, site, optimize=True)
+            dim += 1
+            if tensors:
+                tensors.append(None)
+        elif obj is None:
+            result = dispatch(aten.unsqueeze.default, _DT, (result, dim), _NO_KWARGS, site)
+            dim += 1
+            if tensors:
+                tensors.append(None)
+        elif obj is Ellipsis:
+            dim += ndim - specified
+            if tensors:
+                tensors.extend([None] * (ndim - specified))
+        else:
+            if not tensors:
+                tensors = [None] * dim
+            tensors.append(obj)
+            dim += obj.dim() if obj.dtype in _MASKS else 1
+        if result is None:
+            return None
+    while tensors and tensors[-1] is None:
+        tensors.pop()
+    return result, tensors
+
+
+def _getitem(vd, args, kwargs):
+    """Tensor.__getitem__ with ints, slices, None, Ellipsis and tensors (no bools,
+    lists, 0-dim tensors): THPVariable_getitem's ops."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    if kwargs or len(args) != 2 or type(args[0]) is not DeviceTensor:
+        return _TWIN
+    self, index = args
+    cls = type(index)
+    if cls is int or cls is slice:  # get_item's one-index case: a slice always dispatched
+        if not self._layout[0]:
+            return _TWIN
+        site = Site.here(1)  # from _guarded_call, as dispatch's capture under a twin
+        out = _select(self, 0, index, site) if cls is int else \
+            _slice(self, 0, index, site, optimize=False)
+        return _TWIN if out is None else out
+    if index is None:
+        return dispatch(aten.unsqueeze.default, _DT, (self, 0), _NO_KWARGS, Site.here(1))
+    if index is Ellipsis:
+        return dispatch(aten.alias.default, _DT, (self,), _NO_KWARGS, Site.here(1))
+    if cls is not tuple:
+        if not _index_tensor(index):
+            return _TWIN
+        index = (index,)
+    site = Site.here(1)
+    sliced = _apply_slicing(self, index, site)
+    if sliced is None:
+        return _TWIN
+    result, tensors = sliced
+    if tensors:  # advanced indexing
+        return dispatch(aten.index.Tensor, _DT, (result, tensors), _NO_KWARGS, site)
+    if result is self:  # x[...], x[:, :]: a shallow copy, as C++ makes
+        result = dispatch(aten.alias.default, _DT, (self,), _NO_KWARGS, site)
+    return result
+
+
+def _prefix_1s_stripped(t):
+    """slicePrefix1sSize: the sizes without their leading 1s."""
+    sizes = tuple(t.shape)
+    i = 0
+    while i < len(sizes) and sizes[i] == 1:
+        i += 1
+    return list(sizes[i:])
+
+
+def _view(t, sizes: list, site):
+    if type(t) is DeviceTensor:
+        return dispatch(aten.view.default, _DT, (t, sizes), _NO_KWARGS, site)
+    return t.view(sizes)
+
+
+def _copy_to(vd, dst, src, site, copy_site):
+    """at::indexing::copy_to: copy_, a fill_ from a host scalar, or copy_ of src viewed
+    without its leading 1s and expanded to dst."""
+    if tuple(src.shape) == dst._layout[0]:
+        dispatch(aten.copy_.default, _DT, (dst, src), _NO_KWARGS, copy_site())
+        return
+    if src.dim() == 0 and type(src) is not DeviceTensor:
+        dispatch(aten.fill_.Tensor, _DT, (dst, src), _NO_KWARGS, site)
+        return
+    src = _view(src, _prefix_1s_stripped(src), site)
+    sizes = list(dst._layout[0])
+    if list(src.shape) != sizes:
+        if type(src) is DeviceTensor:
+            src = dispatch(aten.expand.default, _DT, (src, sizes), _NO_KWARGS, site)
+        else:
+            src = src.expand(sizes)
+    dispatch(aten.copy_.default, _DT, (dst, src), _NO_KWARGS, copy_site())
+
+
+_INT64 = 1 << 63
+# at::scalar_tensor on the host fills through scalar_fill, as C++'s scalar_tensor_static
+# does for a Python number assigned to a tensor (the unpatched binding: no entry point).
+_SCALAR_TENSOR = torch._C._VariableFunctions.scalar_tensor
+
+
+def _setitem(vd, args, kwargs):
+    """Tensor.__setitem__ of a tensor or a Python int, bool or float at ints, slices,
+    None, Ellipsis and tensors: THPVariable_setitem's ops."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    if kwargs or len(args) != 3 or type(args[0]) is not DeviceTensor:
+        return _TWIN
+    self, index, value = args
+    cls = type(value)
+    if cls is int or cls is bool or cls is float:
+        if cls is not float and not -_INT64 <= value < _INT64:
+            return _TWIN  # C++'s "Overflow when unpacking long"
+        # valueToTensor: a host scalar tensor of self's dtype (its conversion errors too)
+        value = _SCALAR_TENSOR(int(value) if cls is bool else value, dtype=self.dtype)
+    elif (cls is not DeviceTensor and cls is not torch.Tensor) or value.requires_grad:
+        return _TWIN
+    site = Site.here(1)  # from _guarded_call, as dispatch's capture under a twin
+
+    def copy_site():  # _copy_'s capture under a twin starts at the twin's __torch_dispatch__
+        return Site.here(2)
+
+    cls = type(index)
+    if cls is int or cls is slice or index is None or index is Ellipsis:
+        # set_item's one-index case (a full slice is skipped, unlike __getitem__'s)
+        if index is Ellipsis:
+            dst = self
+        elif index is None:
+            dst = dispatch(aten.unsqueeze.default, _DT, (self, 0), _NO_KWARGS, site)
+        elif not self._layout[0]:
+            return _TWIN
+        elif cls is int:
+            dst = _select(self, 0, index, site)
+        else:
+            dst = _slice(self, 0, index, site, optimize=True)
+        if dst is None:
+            return _TWIN
+        _copy_to(vd, dst, value, site, copy_site)
+        return None
+    if cls is not tuple:
+        if not _index_tensor(index):
+            return _TWIN
+        index = (index,)
+    sliced = _apply_slicing(self, index, site)
+    if sliced is None:
+        return _TWIN
+    result, tensors = sliced
+    if not tensors:
+        _copy_to(vd, result, value, site, copy_site)
+        return None
+    stripped = _prefix_1s_stripped(value)
+    if len(stripped) != value.dim():
+        value = _view(value, stripped, site)
+    dispatch(aten.index_put_.default, _DT, (result, tensors, value), _NO_KWARGS, site)
+    return None
+
+
+def _copy_direct(vd, args, kwargs):
+    """Tensor.copy_(src[, non_blocking]) with a device tensor on either side: our aten
+    copy_ handler. Into a host tensor that autograd's C++ would check (requires grad, an
+    inference tensor) or a subclass: the twin path."""
+    __tracebackhide__ = True  # pytest: show the user's frames, not ours
+    n = len(args)
+    if not 2 <= n <= 3:
+        return _TWIN
+    dst, src = args[0], args[1]
+    non_blocking = args[2] if n == 3 else False
+    if kwargs:
+        if n == 3 or len(kwargs) != 1 or "non_blocking" not in kwargs:
+            return _TWIN
+        non_blocking = kwargs["non_blocking"]
+    if non_blocking.__class__ is not bool or not isinstance(src, torch.Tensor) \
+            or isinstance(src, Twin) or src.requires_grad:
+        return _TWIN
+    if type(dst) is not DeviceTensor:
+        if type(dst) is not torch.Tensor or type(src) is not DeviceTensor or not dst.is_cpu \
+                or dst.requires_grad or dst.is_inference():
+            return _TWIN
+    cargs = (dst, src, True) if non_blocking else (dst, src)
+    # _copy_'s capture under a twin starts at the twin's __torch_dispatch__: here
+    out = dispatch(aten.copy_.default, _DT, cargs, _NO_KWARGS, Site.here(0))
+    if type(dst) is DeviceTensor:  # `dst.copy_(src) is dst` (issue's D2D answer is a view)
+        return dst
+    torch._C._increment_version((dst,))  # ADInplaceOrView's bump after the op, as via a twin
+    return out
+
+
+_REAL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INTEGRAL = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _scalar(conversion, index: bool = False):
+    """item(), bool(), float(), int(), index() of a one-element device tensor: the
+    _local_scalar_dense C++ would dispatch (a sync), then C++'s conversion. Another
+    element count or dtype (C++ raises, or converts by its own rules): the twin path."""
+    def direct(vd, args, kwargs):
+        __tracebackhide__ = True  # pytest: show the user's frames, not ours
+        if kwargs or len(args) != 1 or type(args[0]) is not DeviceTensor:
+            return _TWIN
+        t = args[0]
+        dtype = t.dtype
+        if dtype in _REAL:
+            if index:
+                return _TWIN  # "only integer tensors ... can be converted to an index"
+        elif dtype not in _INTEGRAL and dtype is not torch.bool:
+            return _TWIN
+        if math.prod(t._layout[0]) != 1:
+            return _TWIN
+        value = dispatch(aten._local_scalar_dense.default, _DT, (t,), _NO_KWARGS, Site.here(1))
+        return value if conversion is None else conversion(value)
+    return direct
+
+
+DIRECT = {T.__getitem__: _getitem, T.__setitem__: _setitem, T.copy_: _copy_direct,
+          T.item: _scalar(None), T.__bool__: _scalar(bool), T.__float__: _scalar(float),
+          T.__int__: _scalar(int), T.__index__: _scalar(int, index=True)}
 
 
 _NO_KWARGS: dict = {}  # never written: the keywords of a call that has none
@@ -137,7 +468,7 @@ def handle(vd, func, args, kwargs):
         # The common case: no keyword can make a factory or pin memory, no pinned
         # operand to watch. Same outcome as below.
         if func in GUARDED and _has_device_tensor(args, _NO_KWARGS):
-            return _guarded_call(func, args, _NO_KWARGS)
+            return _guarded_call(vd, func, args, _NO_KWARGS)
         return func(*args)
     kwargs = kwargs or {}
     if runtime.guard_missing and _grad_on_device(args, kwargs):
@@ -153,7 +484,7 @@ def handle(vd, func, args, kwargs):
     if "generator" in kwargs and _has_device_tensor(args, kwargs):
         check_generator_arg(kwargs)
     if func in GUARDED and _has_device_tensor(args, kwargs):
-        return _guarded_call(func, args, kwargs)
+        return _guarded_call(vd, func, args, kwargs)
     device = kwargs.get("device")
     if device is not None and _is_cuda(device):
         with RUNTIME_LOCK:
@@ -477,8 +808,9 @@ FUNCTION_HANDLERS[T.new_tensor] = _new_tensor
 
 # --- aten-level ----------------------------------------------------------------------
 
-def dispatch(func, types, args, kwargs):
-    """An aten op with a device tensor (or twin) argument."""
+def dispatch(func, types, args, kwargs, site=None):
+    """An aten op with a device tensor (or twin) argument; `site`: the caller's capture
+    (a guarded call taking the direct path), else captured here."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     vd = current()  # the common case first: no error text formatted per op
     if vd is None:
@@ -502,8 +834,10 @@ def dispatch(func, types, args, kwargs):
         _refuse_resizing_out(func, args, kwargs)
     with RUNTIME_LOCK:
         if handler is not None:
+            if site is not None:  # a direct guarded call's copy_ (the one such handler)
+                return handler(vd, func, args, kwargs, site)
             return handler(vd, func, args, kwargs)
-        return issue(vd, func, args, kwargs, Site.here(2))
+        return issue(vd, func, args, kwargs, site or Site.here(2))
 
 
 def _refuse_resizing_out(func, args, kwargs) -> None:
@@ -546,11 +880,11 @@ def _is_composite(func) -> bool:
     return known
 
 
-def _copy_(vd, func, args, kwargs):
+def _copy_(vd, func, args, kwargs, site=None):
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     dst, src = args[0], args[1]
     non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
-    site = Site.here(2)
+    site = site or Site.here(2)
     dst_dev, src_dev = isinstance(dst, DeviceTensor), isinstance(src, DeviceTensor)
     if dst_dev and not src_dev:
         upload(vd, dst, src, site, "H2D copy_", blocking=not non_blocking)

@@ -68,8 +68,9 @@ class DeviceTensor(torch.Tensor):
 
 class Twin(torch.Tensor):
     """A stand-in with C++ device cpu, handed to the few torch methods that install a
-    CUDA device guard in C++ (indexing, copy_, int(), ...) before any mode sees the op;
-    the dispatch mode maps it back to its DeviceTensor."""
+    CUDA device guard in C++ (indexing, copy_, int(), ...) before any mode sees the op,
+    in the forms interception.DIRECT does not issue itself; dispatch maps it back to its
+    DeviceTensor."""
 
     _dt: DeviceTensor
 
