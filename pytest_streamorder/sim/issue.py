@@ -68,18 +68,40 @@ def _call_key(func, args, kwargs):
     return key
 
 
-def _to_meta(value):
+def _to_meta(value, device: str = "meta"):
+    """A tensor argument as a stand-in of the same layout on `device` (meta: no data;
+    cpu: zeros, for the error path below); other values as they are."""
+    make = torch.empty if device == "meta" else torch.zeros
     if isinstance(value, DeviceTensor):
-        base = torch.empty(value._vs.block.nbytes // value.dtype.itemsize, dtype=value.dtype,
-                           device="meta")
+        base = make(value._vs.block.nbytes // value.dtype.itemsize, dtype=value.dtype,
+                    device=device)
         return base.as_strided(value.shape, value.stride(), value.storage_offset())
     if isinstance(value, torch.Tensor):
         if value.dim() == 0:
             return value  # CPU scalars mix with any device
-        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+        return make(value.shape, dtype=value.dtype, device=device).as_strided(
+            value.shape, value.stride())
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_meta(v) for v in value)
+        return type(value)(_to_meta(v, device) for v in value)
     return value
+
+
+def _host_error(func, args, kwargs) -> RuntimeError | None:
+    """The error the op raises on host stand-ins of its arguments (zeros, same layouts),
+    or None. The meta kernel rejected the call; CUDA's argument checks word their errors
+    as the CPU kernels do (meta kernels often do not), and raising the CPU's text keeps
+    `pytest.raises(RuntimeError, match=...)` of the user's suite meaningful."""
+    host_kwargs = {k: _to_meta(v, "cpu") for k, v in kwargs.items()}
+    if "device" in host_kwargs:
+        host_kwargs["device"] = "cpu"
+    try:
+        with torch.utils._mode_utils.no_dispatch():
+            func(*_to_meta(args, "cpu"), **host_kwargs)
+    except NotImplementedError:
+        return None
+    except RuntimeError as exc:
+        return exc
+    return None
 
 
 class NeedsSync(Exception):
@@ -105,6 +127,12 @@ def output_layouts(func, args, kwargs) -> list:
     except (NotImplementedError, RuntimeError) as exc:
         if op_info(func).may_sync:
             raise NeedsSync() from exc
+        if not isinstance(exc, NotImplementedError):
+            # The meta kernel rejected the arguments (shapes, dtypes). When the CPU kernel
+            # rejects them too, it is the user's error, as CUDA would raise it.
+            host = _host_error(func, args, kwargs)
+            if host is not None:
+                raise host.with_traceback(None) from None
         raise NotModelledError(
             op_info(func).name, f"it has no meta kernel to compute its output shape "
             f"({str(exc).splitlines()[0][:200]})") from None

@@ -94,8 +94,7 @@ def _run_both(program, monkeypatch):
 def _check_eager(direct, eager):
     """Where the device succeeds, eager CPU gives the same values. (Errors are compared
     between the two device paths only: a host tensor into a device index_put_ is
-    CUDA's cross-device error, fine on CPU; an op whose meta kernel raises is a
-    NotModelledError on both device paths, sim/issue.py output_layouts.)"""
+    CUDA's cross-device error, fine on CPU.)"""
     if direct[0] == "ok":
         assert direct[:2] == eager[:2] and direct[4:6] == eager[4:6]
 
