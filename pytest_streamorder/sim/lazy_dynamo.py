@@ -21,8 +21,9 @@ import importlib.machinery
 import sys
 import threading
 
+from .patching import restore, saved
+
 PACKAGES = ("torch._dynamo", "torch._inductor")
-_MISSING = object()
 
 
 def _wrapped(name: str) -> bool:
@@ -82,34 +83,19 @@ class _Originals:
         hook._depth += 1
         if hook._depth == 1:
             for owner, name, original in reversed(list(hook.entries())):
-                self.current.append((owner, name, _get(owner, name)))
-                _set(owner, name, original)
+                # (an entry whose original is patching's 'absent' is deleted, not set)
+                self.current.append((owner, name, saved(owner, name)))
+                restore(owner, name, original)
         return self
 
     def __exit__(self, *exc):
         hook = self.hook
         try:
             for owner, name, value in reversed(self.current):
-                _set(owner, name, value)
+                restore(owner, name, value)
         finally:
             hook._depth -= 1
             hook._lock.release()
-
-
-def _get(owner, name):
-    if isinstance(owner, type):
-        return owner.__dict__.get(name, _MISSING)
-    return getattr(owner, name, _MISSING)
-
-
-def _set(owner, name, value) -> None:
-    if value is _MISSING:
-        try:
-            delattr(owner, name)
-        except AttributeError:
-            pass
-    else:
-        setattr(owner, name, value)
 
 
 _hook: DynamoImportHook | None = None

@@ -20,13 +20,31 @@ def _bound(module, name: str):
     return getattr(module, name, _MISSING)
 
 
+def saved(owner, name: str):
+    """The attribute as a patch keeps it to undo: a class's own entry (not an inherited
+    one), a module's or object's value; _MISSING where there is none."""
+    if isinstance(owner, type):
+        return owner.__dict__.get(name, _MISSING)
+    return getattr(owner, name, _MISSING)
+
+
+def restore(owner, name: str, value) -> None:
+    """Put back what `saved` returned: an attribute that was absent is deleted again."""
+    if value is _MISSING:
+        try:
+            delattr(owner, name)
+        except AttributeError:
+            pass
+    else:
+        setattr(owner, name, value)
+
+
 class Patches:
     def __init__(self):
         self._saved: list[tuple[object, str, object]] = []
 
     def set(self, owner, name: str, value) -> None:
-        self._saved.append((owner, name, owner.__dict__.get(name, _MISSING)
-                            if isinstance(owner, type) else getattr(owner, name, _MISSING)))
+        self._saved.append((owner, name, saved(owner, name)))
         setattr(owner, name, value)
 
     def set_everywhere(self, modules, name: str, original, value) -> None:
@@ -42,11 +60,4 @@ class Patches:
 
     def undo(self) -> None:
         while self._saved:
-            owner, name, value = self._saved.pop()
-            if value is _MISSING:
-                try:
-                    delattr(owner, name)
-                except AttributeError:
-                    pass
-            else:
-                setattr(owner, name, value)
+            restore(*self._saved.pop())
