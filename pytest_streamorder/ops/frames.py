@@ -43,16 +43,10 @@ def user_pyframe(skip: int = 1):
 
 
 def user_location_here(skip: int = 1) -> Site:
-    """A Site of just the innermost user frame above the caller (all frames walked if
-    none is the user's): for events and frees, whose reports name only their location.
+    """A Site of just the innermost user frame above the caller (a full capture if none
+    is the user's): for events and frees, whose reports name only their location.
     Cheaper than Site.here when the call comes from deep inside torch (a trace callback)."""
-    frame = sys._getframe(skip + 1)
-    walked = []
-    while frame is not None:
-        code = frame.f_code
-        walked.append((code, frame.f_lineno))
-        if not is_internal(code):
-            return Site((walked[-1],))
-        frame = frame.f_back
-    return Site(tuple(walked))
-
+    frame = user_pyframe(skip + 2)  # (user_pyframe counts from its own caller)
+    if frame is None:
+        return Site.here(skip + 1)
+    return Site(((frame.f_code, frame.f_lineno),))

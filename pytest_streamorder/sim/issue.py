@@ -68,7 +68,7 @@ def _call_key(func, args, kwargs):
     return key
 
 
-def _to_meta(value, device: str = "meta"):
+def _stand_in(value, device: str = "meta"):
     """A tensor argument as a stand-in of the same layout on `device` (meta: no data;
     cpu: zeros, for the error path below); other values as they are."""
     make = torch.empty if device == "meta" else torch.zeros
@@ -82,7 +82,7 @@ def _to_meta(value, device: str = "meta"):
         return make(value.shape, dtype=value.dtype, device=device).as_strided(
             value.shape, value.stride())
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_meta(v, device) for v in value)
+        return type(value)(_stand_in(v, device) for v in value)
     return value
 
 
@@ -91,12 +91,12 @@ def _host_error(func, args, kwargs) -> RuntimeError | None:
     or None. The meta kernel rejected the call; CUDA's argument checks word their errors
     as the CPU kernels do (meta kernels often do not), and raising the CPU's text keeps
     `pytest.raises(RuntimeError, match=...)` of the user's suite meaningful."""
-    host_kwargs = {k: _to_meta(v, "cpu") for k, v in kwargs.items()}
+    host_kwargs = {k: _stand_in(v, "cpu") for k, v in kwargs.items()}
     if "device" in host_kwargs:
         host_kwargs["device"] = "cpu"
     try:
         with torch.utils._mode_utils.no_dispatch():
-            func(*_to_meta(args, "cpu"), **host_kwargs)
+            func(*_stand_in(args, "cpu"), **host_kwargs)
     except NotImplementedError:
         return None
     except RuntimeError as exc:
@@ -118,8 +118,8 @@ def output_layouts(func, args, kwargs) -> list:
         hit = _META_CACHE.get(key)
         if hit is not None:
             return hit
-    meta_args = _to_meta(args)
-    meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
+    meta_args = _stand_in(args)
+    meta_kwargs = {k: _stand_in(v) for k, v in kwargs.items()}
     if "device" in meta_kwargs:
         meta_kwargs["device"] = "meta"
     try:
@@ -551,7 +551,7 @@ def _metadata(func, args, kwargs):
     """A query of metadata only (is_same_size, sym_numel, ...): answered from the
     layouts, no device work and no sync, as on CUDA."""
     with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
-        return func(*_to_meta(args), **{k: _to_meta(v) for k, v in kwargs.items()})
+        return func(*_stand_in(args), **{k: _stand_in(v) for k, v in kwargs.items()})
 
 
 def issue_sync(vd, func, args, kwargs, site: Site):

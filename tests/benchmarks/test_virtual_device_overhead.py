@@ -56,15 +56,23 @@ def test_virtual_device(benchmark, policy):
     vd = benchmark(one_schedule)
     assert vd.races == []
     assert vd.ops_issued > STEPS * 8  # the program really ran on the device
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        # The median: a full (generation 2) garbage collection of torch's ~300k objects
-        # lands in about one schedule in 40 and would dominate a mean of few rounds.
-        median = benchmark.stats.stats.median
-        eager_cpu = min(timeit.repeat(lambda: overlap_program("cpu", 0), number=5, repeat=5)) / 5
-        benchmark.extra_info["schedules_per_s"] = round(1 / median, 1)
-        benchmark.extra_info["ratio_to_eager_cpu"] = round(median / eager_cpu, 1)
+    median = _record_ratio(benchmark)
+    if median is not None:
         benchmark.extra_info["device_ops_per_schedule"] = vd.ops_issued
         benchmark.extra_info["device_ops_per_s"] = round(vd.ops_issued / median)
+
+
+def _record_ratio(benchmark):
+    """schedules/s and the ratio to eager CPU in extra_info; the median (None under
+    --benchmark-disable). The median: a full (generation 2) garbage collection of torch's
+    ~300k objects lands in about one schedule in 40 and would dominate a mean."""
+    if benchmark.stats is None:
+        return None
+    median = benchmark.stats.stats.median
+    eager_cpu = min(timeit.repeat(lambda: overlap_program("cpu", 0), number=5, repeat=5)) / 5
+    benchmark.extra_info["schedules_per_s"] = round(1 / median, 1)
+    benchmark.extra_info["ratio_to_eager_cpu"] = round(median / eager_cpu, 1)
+    return median
 
 
 @pytest.mark.parametrize("policy", ["eager", "random", "delay"])
@@ -91,8 +99,4 @@ def test_schedule_in_session(benchmark, policy):
     finally:
         session.uninstall()
     assert run.races == []
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        median = benchmark.stats.stats.median
-        eager_cpu = min(timeit.repeat(lambda: overlap_program("cpu", 0), number=5, repeat=5)) / 5
-        benchmark.extra_info["schedules_per_s"] = round(1 / median, 1)
-        benchmark.extra_info["ratio_to_eager_cpu"] = round(median / eager_cpu, 1)
+    _record_ratio(benchmark)
