@@ -82,6 +82,7 @@ class HappensBefore:
         self._allocs = 0
         self._freed: dict[str, FreedIndex] = {}  # space -> freed, not yet fully reused
         self._stream_names: set[str] = set()
+        self._free_slots: list[int] = []  # ids of retired streams, for new streams to take
         self._deferred: list[Race] = []  # found when a pending access resolved, not reported
         self._flagged: set[int] = set()  # seqs of paired accesses already reported as the later one
         self.unresolved = 0  # pending accesses whose exact set could not be learnt
@@ -103,7 +104,29 @@ class HappensBefore:
         if name in self._stream_names or name == "host":
             raise ValueError(f"a stream named {name!r} already exists; stream names must be unique")
         self._stream_names.add(name)
-        return self._new_agent(name, is_host=False)
+        if not self._free_slots:
+            return self._new_agent(name, is_host=False)
+        slot = self._free_slots.pop()
+        agent = Agent(slot, name, is_host=False)
+        # The slot's counts go on from the retired stream's: every epoch of the slot stays
+        # one total order, all of the old one's known to the host (see retire()).
+        agent.clock[slot] = self.agents[slot].clock[slot]
+        self.agents[slot] = agent
+        return agent
+
+    def retire(self, stream: Agent) -> bool:
+        """The stream is gone (nothing can issue work to it any more): give its slot in
+        every vector clock to the next new stream, so clocks stay as long as the most
+        streams alive at once, not as all a session ever made. Only once the host is
+        ordered after all its work (a sync): every later access is then ordered after each
+        of its accesses, so no race with them can be lost or invented by sharing the
+        slot. Returns whether it was retired (False: the host does not know it all yet)."""
+        self._own(stream)
+        if not self.host_knows_stream(stream):
+            return False
+        stream.retired = True
+        self._free_slots.append(stream.id)
+        return True
 
     def new_event(self, name: str = "event") -> Event:
         return Event(name)
@@ -118,7 +141,7 @@ class HappensBefore:
         stream.name = name
 
     def streams(self) -> list[Agent]:
-        return [a for a in self.agents if not a.is_host]
+        return [a for a in self.agents if not a.is_host and not a.retired]
 
     # --- the ordering rules -----------------------------------------------------
 
@@ -126,6 +149,8 @@ class HappensBefore:
         _check_stream(stream)
         if stream.id >= len(self.agents) or self.agents[stream.id] is not stream:
             raise ValueError(f"{stream!r} belongs to another HappensBefore model")
+        if stream.retired:
+            raise ValueError(f"{stream!r} was retired; it takes no more work")
 
     def _enqueue(self, stream: Agent) -> None:
         """The host hands work to a stream: the work is ordered after everything the
@@ -161,7 +186,7 @@ class HappensBefore:
         event.capture = list(stream.clock)
         event.recorded_on = stream
         event.record_site = site
-        event.ever_recorded_on.add(stream.id)
+        event.ever_recorded_on.add(stream)
 
     def wait(self, stream: Agent, event: Event, site: Site = UNKNOWN_SITE) -> None:
         """stream.wait_event(event): later work on the stream is ordered after the
@@ -267,6 +292,19 @@ class HappensBefore:
             if index is None:
                 index = self._freed[alloc.space] = FreedIndex()
             index.add(alloc)
+
+    def release(self, space: str, address: int, nbytes: int) -> None:
+        """Freed memory [address, address + nbytes) went back to the driver and its
+        addresses are never handed out again: no later access can meet the accesses of
+        the freed allocations there, so the model forgets them."""
+        index = self._freed.get(space)
+        if index is None:
+            return
+        lo, hi = address, address + nbytes
+        for old in index.take(lo, hi):
+            old.shadow = _cut(old.shadow, lo - old.address, hi - old.address)
+            if not old.shadow:
+                index.discard(old)
 
     def freed_blocks(self, space: str = "device") -> int:
         """Freed allocations whose accesses a reuse may still race with."""

@@ -18,7 +18,7 @@ WRITE = True
 class Agent:
     """The host or one stream. `clock` is what it knows; clock[id] counts its own events."""
 
-    __slots__ = ("id", "name", "is_host", "clock", "recent_waits")
+    __slots__ = ("id", "name", "is_host", "clock", "recent_waits", "retired")
 
     def __init__(self, agent_id: int, name: str, is_host: bool):
         self.id = agent_id
@@ -27,6 +27,7 @@ class Agent:
         self.clock: VectorClock = [0] * (agent_id + 1)
         # The last few waits this stream issued, to explain a missing edge in words.
         self.recent_waits: deque = deque(maxlen=8)
+        self.retired = False  # HappensBefore.retire: its id now belongs to a newer stream
 
     def describe(self) -> str:
         return "the host" if self.is_host else f"stream '{self.name}'"
@@ -45,7 +46,7 @@ class Event:
         self.capture: VectorClock | None = None  # None: never recorded
         self.recorded_on: Agent | None = None
         self.record_site: Site = UNKNOWN_SITE
-        self.ever_recorded_on: set[int] = set()
+        self.ever_recorded_on: set[Agent] = set()
 
     def __repr__(self) -> str:
         where = self.recorded_on.name if self.recorded_on else "never recorded"

@@ -90,12 +90,12 @@ def _wait_hint(race: Race) -> str:
             return (f"It waited on event '{event.name}', but that event was recorded on "
                     f"'{src.name}' at op #{note.captured_count}, before the {first.kind} "
                     f"(record the event after the access it must fence).")
-        if note.recorded_on is None and src.id in recorded_on:
+        if note.recorded_on is None and src in recorded_on:
             return (f"It waited on event '{event.name}' before the event was ever recorded; "
                     f"waiting on a never-recorded event is a no-op (issue the wait after the "
                     f"record).")
         if note.recorded_on is not None and note.recorded_on is not src \
-                and src.id in recorded_on:
+                and src in recorded_on:
             return (f"It waited on event '{event.name}', but at that time the event had been "
                     f"re-recorded on '{note.recorded_on.name}'; re-recording replaces the "
                     f"capture, so the fence on '{src.name}' was gone (use one event per "

@@ -284,6 +284,7 @@ class VirtualDevice:
             self.hb.sync_device()
         finally:
             self.run.raise_on_race = raise_on_race
+        self._retire_gone_streams()
         # And in virtual time: the next run's clock starts again at 0, so nothing of this
         # one may still look in flight (a stream's last item, a block's reuse fence).
         for stream in list(self._streams) + [self.default_stream]:
@@ -292,6 +293,22 @@ class VirtualDevice:
         host = getattr(self, "_host_allocator", None)
         if host is not None:
             host.forget_pending()
+
+    def _retire_gone_streams(self) -> None:
+        """Streams the program dropped give back their clock slots and cached blocks (the
+        host was just ordered after all their work), so a session's per-op cost and memory
+        follow the streams alive at once, not all its tests ever made."""
+        live = {stream.agent for stream in self._streams}
+        live.add(self.default_stream.agent)
+        for agent in self.hb.streams():
+            if agent not in live and self.hb.retire(agent):
+                self.allocator.release_stream(agent)
+
+    def forget_block(self, block) -> None:
+        """The allocator released the block (cudaFree): no snapshot or restore reads it,
+        and the model forgets the accesses its freed allocations left there."""
+        self._blocks.pop(id(block), None)
+        self.hb.release("device", block.address, block.nbytes)
 
     def snapshot(self) -> "MemorySnapshot":
         """The bytes of every live device allocation and registered pinned buffer now

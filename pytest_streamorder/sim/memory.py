@@ -44,10 +44,10 @@ def poison_(buf: torch.Tensor) -> None:
 class Block:
     """Bytes of device memory, with a fake device address."""
 
-    __slots__ = ("address", "nbytes", "data", "stream", "pending", "typed", "views", "pool",
+    __slots__ = ("address", "nbytes", "data", "agent", "pending", "typed", "views", "pool",
                  "alloc")
 
-    def __init__(self, address: int, nbytes: int, stream):
+    def __init__(self, address: int, nbytes: int, agent):
         self.address = address
         self.nbytes = nbytes
         # Never an inference tensor, even when allocated under torch.inference_mode():
@@ -60,7 +60,9 @@ class Block:
             # device="cpu": also under a user's `with torch.device("cuda")`
             self.data = torch.empty(nbytes, dtype=torch.uint8, device="cpu")
         poison_(self.data)
-        self.stream = stream
+        # The model agent of the stream it was allocated on, whose pool it goes back to
+        # (not the stream object: a cached block must not keep a dropped stream alive).
+        self.agent = agent
         self.pending: list = []  # scheduler items that must complete before reuse
         self.typed: dict = {}  # dtype -> the bytes seen as a flat tensor of that dtype
         self.views: dict = {}  # (dtype, layout, inference mode) -> a CPU view (issue.Ref)
@@ -97,7 +99,7 @@ class CachingAllocator:
 
     def __init__(self, device):
         self.device = device
-        self._pools: dict[tuple[int, int], list[Block]] = {}  # (stream id, size) -> blocks
+        self._pools: dict[tuple, list[Block]] = {}  # (stream's agent, size) -> blocks
         self._next_address = 0x7F00_0000_0000
         self.blocks_created = 0
         self.blocks_reused = 0
@@ -111,11 +113,11 @@ class CachingAllocator:
             return self._allocate_in_pool(pool, stream, nbytes, label, site)
         if nbytes == 0:  # like CUDA's allocator: no block at all for zero bytes
             alloc = self.device.hb.allocate(0, label, site, stream=stream.agent)
-            return VirtualStorage(Block(0, 0, stream), alloc, 0)
+            return VirtualStorage(Block(0, 0, stream.agent), alloc, 0)
         size = round_up(nbytes)
-        block = self._take(stream, size)
+        block = self._take(stream.agent, size)
         if block is None:
-            block = Block(self._next_address, size, stream)
+            block = Block(self._next_address, size, stream.agent)
             self._next_address += size
             self.blocks_created += 1
             self.stats.reserved(size)
@@ -129,13 +131,13 @@ class CachingAllocator:
     def _allocate_in_pool(self, pool: "GraphPool", stream, nbytes: int, label,
                           site: Site) -> VirtualStorage:
         size = round_up(nbytes)
-        free = pool.free.get((id(stream), size))
+        free = pool.free.get((stream.agent, size))
         if free:
             block = free.pop()  # the capture that reuses it is ordered by the model
             self.blocks_reused += 1
             block.alloc.label = label  # reports name the latest tensor in the block
         else:
-            block = Block(self._next_address, size, stream)
+            block = Block(self._next_address, size, stream.agent)
             self._next_address += size
             self.blocks_created += 1
             self.stats.reserved(size)
@@ -157,11 +159,26 @@ class CachingAllocator:
 
     def _drop_pool_block(self, block: Block) -> None:
         self.device.hb.free(block.alloc, Site.here(3))
-        self.stats.released(block.nbytes)
         block.pool.blocks.remove(block)
+        self._release(block)
 
-    def _take(self, stream, size: int) -> Block | None:
-        pool = self._pools.get((id(stream), size))
+    def _release(self, block: Block) -> None:
+        """cudaFree of a freed block: its bytes and address are gone for good (addresses
+        are never handed out twice), so the device and the model forget it."""
+        self.stats.released(block.nbytes)
+        self.device.forget_block(block)
+
+    def release_stream(self, agent) -> None:
+        """The stream is gone and the host is ordered after its work (hb.retire): no
+        allocation can take the blocks cached in its pools any more (CUDA hands a block
+        only to its own stream), so they are released instead of cached for ever; so is
+        each block of it freed later."""
+        for key in [key for key in self._pools if key[0] is agent]:
+            for block in self._pools.pop(key):
+                self._release(block)
+
+    def _take(self, agent, size: int) -> Block | None:
+        pool = self._pools.get((agent, size))
         if not pool:
             return None
         reusable = self.device.scheduler.reusable  # an observation when work holds it
@@ -181,16 +198,19 @@ class CachingAllocator:
         if block.pool is not None:  # back to its graph pool; its model allocation stays
             self.stats.freed(block.nbytes, alloc.nbytes)
             if block.pool.users:
-                block.pool.free.setdefault((id(block.stream), block.nbytes), []).append(block)
+                block.pool.free.setdefault((block.agent, block.nbytes), []).append(block)
             else:
                 self._drop_pool_block(block)
             return
         device.hb.free(alloc, Site.here(3))  # above @locked and __del__: the user
         self.stats.freed(block.nbytes, alloc.nbytes)
+        if block.agent.retired:  # its stream's pools are gone (release_stream)
+            self._release(block)
+            return
         # record_stream: hold the block until the work queued on those streams so far has
         # completed (the latest item of each, whether it has run or not).
         block.pending = [s.queue.last for s in recorded if s.queue.last is not None]
-        self._pools.setdefault((id(block.stream), block.nbytes), []).append(block)
+        self._pools.setdefault((block.agent, block.nbytes), []).append(block)
 
     def forget_pending(self) -> None:
         """The device was synced (between tests): no cached block waits for any work."""
@@ -206,7 +226,7 @@ class CachingAllocator:
             keep = [b for b in pool if not all(completed(item) for item in b.pending)]
             for block in pool:
                 if block not in keep:
-                    self.stats.released(block.nbytes)
+                    self._release(block)
             self._pools[key] = keep
 
 
@@ -219,5 +239,5 @@ class GraphPool:
     def __init__(self, handle: tuple):
         self.handle = handle
         self.users = 0  # graphs captured (or capturing) into it and not reset
-        self.free: dict[tuple[int, int], list[Block]] = {}  # (stream id, size) -> blocks
+        self.free: dict[tuple, list[Block]] = {}  # (stream's agent, size) -> blocks
         self.blocks: list[Block] = []  # all its blocks, free or in use

@@ -1,6 +1,7 @@
 """How our cost grows with the program: per-op cost against the number of freed blocks
-held by the model and against the number of streams, the memory of a long program, and
-the first virtual device's warm-up in a fresh process.
+held by the model and against the number of streams, a test's cost against the number
+of tests the session ran before it, the memory of a long program, and the first virtual
+device's warm-up in a fresh process.
 
 Run: python -m pytest tests/benchmarks/test_scaling.py --benchmark-only
 (--benchmark-json=FILE keeps the numbers). `per_op_us` lands in each benchmark's
@@ -27,6 +28,7 @@ from pytest_streamorder.model import WRITE, HappensBefore
 FULL = os.environ.get("STREAMORDER_FULL_CURVES") == "1"
 FREED = (10, 1000, 10_000, 30_000) if FULL else (10, 1000)
 STREAMS = (2, 8, 32) if FULL else (2, 8)
+EARLIER_TESTS = (10, 300, 1000) if FULL else (10, 100)
 BLOCK = 512
 
 
@@ -182,6 +184,55 @@ def test_device_ops_over_streams(benchmark, streams):
         torch.cuda.synchronize()
     assert vd.races == []
     _per_op(benchmark, rounds * streams)
+
+
+def _two_stream_test():
+    """A test as an overlap scheduler's suite writes one: its own two streams, a handoff
+    through an event, a copy back, a sync."""
+    import torch
+
+    forward, d2h = torch.cuda.Stream(), torch.cuda.Stream()
+    ready = torch.cuda.Event()
+    with torch.cuda.stream(forward):
+        out = torch.arange(256, device="cuda") * 2
+        ready.record()
+    d2h.wait_event(ready)
+    with torch.cuda.stream(d2h):
+        host = out.to("cpu", non_blocking=True)
+    d2h.synchronize()
+    return host
+
+
+@pytest.mark.parametrize("earlier", EARLIER_TESTS)
+def test_session_test_after_earlier_tests(benchmark, earlier):
+    """One schedule of a two-stream test, as `pytest --streamorder` runs it, after
+    `earlier` tests that made (and dropped) streams of their own."""
+    from pytest_streamorder.sim.device import Run
+    from pytest_streamorder.sim.session import SessionRuntime
+
+    session = SessionRuntime().install()
+    seeds = iter(range(10**9))
+    try:
+        device = session.device
+
+        def one_test():
+            device.start_run(Run(seed=next(seeds), policy="delay"))
+            try:
+                host = _two_stream_test()
+            finally:
+                device.end_of_test()
+                device.start_run(session.idle_run())
+            return host
+
+        for _ in range(earlier):
+            one_test()
+        host = benchmark(one_test)
+        agents = len(device.hb.agents)
+    finally:
+        session.uninstall()
+    assert int(host[-1]) == 510
+    assert agents <= 4  # host, default, and this test's two: earlier tests' slots reused
+    _per_op(benchmark, 1)  # per_op_us here is per test
 
 
 WARM_UP = textwrap.dedent("""

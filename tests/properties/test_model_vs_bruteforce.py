@@ -37,6 +37,8 @@ HOST = "host"
 # view, exact a frozenset of offsets inside it, known only at ("resolve", pid).
 #   ("record", e, s)   ("wait", s, e)   ("wait_stream", waiter, other)
 #   ("sync_stream", s)   ("sync_event", e)   ("sync_device",)
+#   ("renew", s): the host syncs stream s, drops it and makes a new stream in its place
+#   (the detector retires the old one and the new one takes its clock slot)
 # Streams and events are small ints; allocations are ints in allocation order; an
 # allocation's s is the stream whose allocator pool it came from.
 
@@ -51,7 +53,7 @@ MAX_SIZE = 12
 # (capture at record time, at wait time) then have to get right.
 OPTIONAL_KINDS = ("host", "record", "wait", "wait_stream", "sync_stream", "sync_event",
                   "sync_device", "record_stream", "realloc", "handoff", "event_sync",
-                  "views", "pending", "resolve")
+                  "views", "pending", "resolve", "renew")
 
 
 def superset_bytes(superset) -> frozenset:
@@ -164,6 +166,8 @@ def traces(draw):
             trace.append(("sync_event", draw(st.integers(0, n_events - 1))))
         elif kind == "sync_device":
             trace.append(("sync_device",))
+        elif kind == "renew":
+            trace.append(("renew", draw(stream)))
         elif kind == "record_stream":
             trace.append(("record_stream", live[draw(st.integers(0, n_slots - 1))][0],
                           draw(stream)))
@@ -199,6 +203,7 @@ def run_detector(n_streams, n_events, trace):
     events = [hb.new_event(f"e{i}") for i in range(n_events)]
     allocs = {}
     pending = {}  # pid -> (Pending, its exact offsets)
+    renewals = [0] * n_streams
 
     def spec(acc):
         if acc[0] == "view":
@@ -241,6 +246,13 @@ def run_detector(n_streams, n_events, trace):
             hb.sync_event(events[item[1]])
         elif kind == "sync_device":
             hb.sync_device()
+        elif kind == "renew":
+            s = item[1]
+            hb.sync_stream(streams[s])
+            assert hb.retire(streams[s])
+            renewals[s] += 1
+            streams[s] = hb.new_stream(agent_name((s, renewals[s])))
+            assert streams[s].id == s + 1, "the new stream takes the retired one's slot"
         elif kind == "resolve":
             p, exact = pending[item[1]]
             runs = sorted(exact)
@@ -278,6 +290,7 @@ class BruteForce:
         self.alloc_stream: dict[int, int] = {}
         self.record_streams: dict[int, set[int]] = {}
         self.fences: dict[int, list[int]] = {}  # aid -> record_stream streams' last nodes at free
+        self.renewals: dict[int, int] = {}  # stream index -> how many times it was renewed
         for step, item in enumerate(trace):
             self.apply(step, item, n_streams)
         self.ancestors = self.closure()
@@ -295,13 +308,17 @@ class BruteForce:
         self.last[agent] = len(self.preds) - 1
         return self.last[agent]
 
+    def stream(self, s):
+        """The agent behind stream index s now: a renewed stream is a new agent."""
+        return (s, self.renewals.get(s, 0))
+
     def apply(self, step, item, n_streams):
         kind = item[0]
         if kind == "alloc":
             _, aid, nbytes, address, s = item
             self.block[aid] = (address, nbytes)
             self.alloc_step[aid] = step
-            self.alloc_stream[aid] = s
+            self.alloc_stream[aid] = self.stream(s)
             self.record_streams[aid] = set()
         elif kind == "free":
             aid = item[1]
@@ -309,10 +326,10 @@ class BruteForce:
             self.fences[aid] = [self.last[s] for s in self.record_streams[aid] if s in self.last]
         elif kind == "record_stream":
             # PyTorch ignores record_stream on the allocation stream (FIFO reuse there)
-            if item[2] != self.alloc_stream[item[1]]:
-                self.record_streams[item[1]].add(item[2])
+            if self.stream(item[2]) != self.alloc_stream[item[1]]:
+                self.record_streams[item[1]].add(self.stream(item[2]))
         elif kind in ("launch", "host"):
-            agent, accs = (item[1], item[2]) if kind == "launch" else (HOST, item[1])
+            agent, accs = (self.stream(item[1]), item[2]) if kind == "launch" else (HOST, item[1])
             n = self.node(agent)
             for acc in accs:
                 if not issued_empty(acc):
@@ -324,17 +341,20 @@ class BruteForce:
         elif kind == "resolve":
             pass  # when an op ran changes no ordering
         elif kind == "record":
-            self.latest[item[1]] = self.node(item[2])
+            self.latest[item[1]] = self.node(self.stream(item[2]))
         elif kind == "wait":  # after the event's latest record *now*; none: no edge
-            self.node(item[1], self.latest.get(item[2]))
+            self.node(self.stream(item[1]), self.latest.get(item[2]))
         elif kind == "wait_stream":
-            self.node(item[1], self.node(item[2]))
+            self.node(self.stream(item[1]), self.node(self.stream(item[2])))
         elif kind == "sync_stream":
-            self.node(HOST, self.last.get(item[1]))
+            self.node(HOST, self.last.get(self.stream(item[1])))
         elif kind == "sync_event":
             self.node(HOST, self.latest.get(item[1]))
         elif kind == "sync_device":
-            self.node(HOST, *(self.last.get(s) for s in range(n_streams)))
+            self.node(HOST, *(self.last.get(self.stream(s)) for s in range(n_streams)))
+        elif kind == "renew":  # a sync of the stream; later uses of s are a new stream
+            self.node(HOST, self.last.get(self.stream(item[1])))
+            self.renewals[item[1]] = self.renewals.get(item[1], 0) + 1
         else:
             raise AssertionError(kind)
 
@@ -425,6 +445,8 @@ def test_detector_agrees_with_brute_force(generated):
     if any(race.found_at is not None for race in hb.races):
         event("a race found when a pending access resolved")
     event("frees and reallocates" if any(item[0] == "free" for item in trace) else "no free")
+    if any(item[0] == "renew" for item in trace):
+        event("a stream retired and its slot taken by a new one")
 
 
 def reported(acc, base) -> frozenset:
@@ -434,4 +456,7 @@ def reported(acc, base) -> frozenset:
 
 
 def agent_name(agent) -> str:
-    return "host" if agent == HOST else f"s{agent}"
+    if agent == HOST:
+        return "host"
+    s, renewals = agent
+    return f"s{s}" if renewals == 0 else f"s{s}.{renewals}"

@@ -734,3 +734,49 @@ def test_race_stacks_leave_out_hypothesis_and_pytest_frames():
     assert site.user_lines()[0].endswith(":42 in user_code")
     assert site.location() == site.user_lines()[0]
     assert site.key() == (user_code.__code__.co_filename, 42)
+
+
+# --- a dropped stream's clock slot goes to the next new stream --------------------------
+
+
+def test_a_stream_is_retired_only_once_the_host_knows_all_its_work(hb):
+    old = hb.new_stream("old")
+    buf = hb.allocate(64, "buf")
+    hb.launch(old, "write", [(buf, 0, 64, WRITE)])
+    assert not hb.retire(old)  # the host has not synced it: its slot stays its own
+    hb.sync_stream(old)
+    assert hb.retire(old)
+    assert hb.streams() == []
+    with pytest.raises(ValueError, match="retired"):
+        hb.launch(old, "late", [])
+
+
+def test_a_new_stream_in_a_retired_slot_is_ordered_after_its_work_and_races_like_any(hb):
+    old = hb.new_stream("old")
+    buf = hb.allocate(64, "buf")
+    hb.launch(old, "write", [(buf, 0, 64, WRITE)])
+    hb.sync_stream(old)
+    hb.retire(old)
+    new, other = hb.new_stream("new"), hb.new_stream("other")
+    assert new.id == old.id and other.id == old.id + 1 and len(hb.agents) == 3
+    hb.launch(new, "read", [(buf, 0, 64, READ)])  # after the host's sync: no race
+    assert hb.races == []
+    hb.launch(other, "write2", [(buf, 0, 32, WRITE)])  # unordered with the new stream's read
+    assert pairs(hb) == [("read", "new", "write2", "other")]
+
+
+def test_a_race_explanation_tells_a_retired_stream_from_its_slots_new_owner(hb):
+    old = hb.new_stream("old")
+    ev = hb.new_event("ev")
+    hb.record(ev, old)  # recorded on the old stream only
+    hb.sync_stream(old)
+    hb.retire(old)
+    new, reader = hb.new_stream("new"), hb.new_stream("reader")
+    buf = hb.allocate(64, "buf")
+    hb.launch(new, "write", [(buf, 0, 64, WRITE)])
+    hb.wait(reader, ev)  # waits on the old capture: orders nothing about `new`
+    hb.launch(reader, "read", [(buf, 0, 64, READ)])
+    (race,) = hb.races
+    assert race.earlier.agent is new
+    assert "before the event was ever recorded" not in str(race)
+    assert "re-recorded" not in str(race)
