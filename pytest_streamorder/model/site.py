@@ -31,6 +31,16 @@ def _internal_prefixes() -> tuple[str, ...]:
     return tuple(prefixes)
 
 
+def frame_above(skip: int):
+    """sys._getframe(skip) counted from the caller, or None where the stack is shallower:
+    a tensor's __del__ runs wherever its last reference went, at the top of a thread or
+    of the interpreter too, and a free must never fail for want of a site."""
+    try:
+        return sys._getframe(skip + 1)
+    except ValueError:
+        return None
+
+
 class Site:
     """A captured call stack: innermost frame first.
 
@@ -48,7 +58,7 @@ class Site:
     @staticmethod
     def here(skip: int = 0, depth: int = 10) -> "Site":
         """Capture the caller's stack (skip extra frames above the caller)."""
-        frame = sys._getframe(skip + 1)
+        frame = frame_above(skip + 1)
         raw = []
         append = raw.append
         for _ in range(depth):

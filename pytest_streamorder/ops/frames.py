@@ -4,10 +4,9 @@ test runner and weakref (where a finalizer runs). Decided once per code object."
 from __future__ import annotations
 
 import os
-import sys
 
 from ..model import Site
-from ..model.site import _internal_prefixes
+from ..model.site import _internal_prefixes, frame_above
 
 _INTERNAL: dict = {}  # code object -> whether it is machinery, not the user's code
 
@@ -36,7 +35,7 @@ def user_site(site: Site) -> Site:
 
 def user_pyframe(skip: int = 1):
     """The innermost live frame of user code above the caller, or None."""
-    frame = sys._getframe(skip)
+    frame = frame_above(skip)
     while frame is not None and is_internal(frame.f_code):
         frame = frame.f_back
     return frame
