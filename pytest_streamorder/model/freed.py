@@ -47,6 +47,10 @@ class FreedIndex:
         self._seq += 1
         self._order[alloc] = self._seq
         lo, hi = alloc.address, alloc.address + alloc.nbytes
+        before = self._last_live_before(hi)
+        if before is None or (before < lo and self._pieces[before][0] <= lo):
+            self._put(lo, hi, [alloc])  # the common case: no freed bytes there yet
+            return
         self._split(lo)
         self._split(hi)
         at = lo
@@ -126,6 +130,21 @@ class FreedIndex:
         before = self._containing(lo)
         inside = self._starts_in(lo, hi)
         return inside if before is None or before == lo else [before] + inside
+
+    def forget(self, alloc: Allocation) -> None:
+        """discard() for an allocation none of whose bytes are in the index any more (a
+        take() just removed them all)."""
+        self._order.pop(alloc, None)
+
+    def _last_live_before(self, x: int) -> int | None:
+        """The start of the last live piece starting before x, if any."""
+        starts, pieces = self._starts, self._pieces
+        i = bisect_left(starts, x) - 1
+        while i >= 0:
+            if starts[i] in pieces:
+                return starts[i]
+            i -= 1  # a tombstone
+        return None
 
     def _containing(self, x: int) -> int | None:
         """The start of the live piece holding byte x, if any."""

@@ -338,7 +338,9 @@ class HappensBefore:
                 old.shadow = _cut(old.shadow, lo - old_lo, hi - old_lo)
                 if old.shadow:
                     continue  # its other bytes stay in the index
-            index.discard(old)
+                index.discard(old)
+            else:
+                index.forget(old)  # take() removed all of its bytes
 
     # --- race detection ---------------------------------------------------------
 

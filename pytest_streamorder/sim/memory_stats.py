@@ -19,8 +19,10 @@ SMALL_SIZE = 1 << 20  # CUDA's allocator: blocks up to 1 MiB come from the small
 COUNTERS = ("allocation", "segment", "active", "inactive_split", "allocated_bytes",
             "reserved_bytes", "active_bytes", "inactive_split_bytes", "requested_bytes")
 POOLS = ("all", "small_pool", "large_pool")
-# What one allocation moves, in the order allocated()/freed() pass amounts.
-_PER_ALLOC = ("allocation", "active", "allocated_bytes", "active_bytes", "requested_bytes")
+# What allocated()/freed() move; "active*" report the same numbers as "allocation" and
+# "allocated_bytes" (nothing is ever split, so every allocated block is active).
+_PER_ALLOC = ("allocation", "allocated_bytes", "requested_bytes")
+_MIRRORS = {"active": "allocation", "active_bytes": "allocated_bytes"}
 
 
 class Stat:
@@ -45,8 +47,12 @@ class Stat:
 
 class MemoryStats:
     def __init__(self):
-        self._stats = {c: {p: Stat() for p in POOLS} for c in COUNTERS}
-        self._per_alloc = {p: tuple(self._stats[c][p] for c in _PER_ALLOC) for p in POOLS}
+        own = {c: {p: Stat() for p in POOLS} for c in COUNTERS if c not in _MIRRORS}
+        self._stats = {c: own[_MIRRORS.get(c, c)] for c in COUNTERS}  # in torch's order
+        # (count, bytes, requested) of "all", then of the block's pool: the six Stats one
+        # allocation moves, looked up once per pool.
+        self._small = tuple(self._stats[c][p] for p in ("all", "small_pool") for c in _PER_ALLOC)
+        self._large = tuple(self._stats[c][p] for p in ("all", "large_pool") for c in _PER_ALLOC)
         self.num_device_alloc = 0
         self.num_device_free = 0
 
@@ -58,26 +64,34 @@ class MemoryStats:
 
     # --- what the allocator model reports -------------------------------------------
 
-    # allocated/freed run for every device tensor: the five Stats they move in each pool
-    # are looked up once, and updated inline (Stat.add/sub without the calls).
-
-    def _moved(self, block_bytes: int) -> tuple:
-        pool = "small_pool" if block_bytes <= SMALL_SIZE else "large_pool"
-        return self._per_alloc["all"] + self._per_alloc[pool]
+    # allocated/freed run for every device tensor: the six Stats are updated inline
+    # (Stat.add/sub without the calls or a loop).
 
     def allocated(self, block_bytes: int, requested: int) -> None:
-        amounts = (1, 1, block_bytes, block_bytes, requested) * 2
-        for stat, n in zip(self._moved(block_bytes), amounts):
-            stat.current += n
+        count, nbytes, req, pool_count, pool_bytes, pool_req = \
+            self._small if block_bytes <= SMALL_SIZE else self._large
+        for stat, n in ((count, 1), (nbytes, block_bytes), (req, requested),
+                        (pool_count, 1), (pool_bytes, block_bytes), (pool_req, requested)):
             stat.allocated += n
-            if stat.current > stat.peak:
-                stat.peak = stat.current
+            current = stat.current = stat.current + n
+            if current > stat.peak:
+                stat.peak = current
 
     def freed(self, block_bytes: int, requested: int) -> None:
-        amounts = (1, 1, block_bytes, block_bytes, requested) * 2
-        for stat, n in zip(self._moved(block_bytes), amounts):
-            stat.current -= n
-            stat.freed += n
+        count, nbytes, req, pool_count, pool_bytes, pool_req = \
+            self._small if block_bytes <= SMALL_SIZE else self._large
+        count.current -= 1
+        count.freed += 1
+        nbytes.current -= block_bytes
+        nbytes.freed += block_bytes
+        req.current -= requested
+        req.freed += requested
+        pool_count.current -= 1
+        pool_count.freed += 1
+        pool_bytes.current -= block_bytes
+        pool_bytes.freed += block_bytes
+        pool_req.current -= requested
+        pool_req.freed += requested
 
     def reserved(self, block_bytes: int) -> None:
         self.num_device_alloc += 1
@@ -92,12 +106,12 @@ class MemoryStats:
     # --- what torch reads --------------------------------------------------------------
 
     def reset_peak(self) -> None:
-        for pools in self._stats.values():
+        for pools in self._stats.values():  # (a mirror resets its source again: harmless)
             for stat in pools.values():
                 stat.peak = stat.current
 
     def reset_accumulated(self) -> None:
-        for pools in self._stats.values():
+        for pools in self._stats.values():  # (likewise)
             for stat in pools.values():
                 stat.allocated = stat.freed = 0
         self.num_device_alloc = self.num_device_free = 0
