@@ -300,8 +300,8 @@ class Plan:
     def __init__(self, info, kind: int):
         self.info = info
         self.kind = kind
-        # per output: None (not produced), (where, size, stride, offset, dtype) for a view
-        # of the argument at `where`, or (None, size, stride, offset, dtype, nbytes,
+        # per output: None (not produced), (where, size, stride, offset, dtype, itself)
+        # for a view of the argument at `where` (itself: that argument, as written), or (None, size, stride, offset, dtype, nbytes,
         # start, stop, region) for fresh memory the op writes
         self.outs: tuple = ()
         # per device operand, in operands() order: (where, is_write, start, stop, region)
@@ -383,7 +383,11 @@ def _build_plan(func, args, kwargs) -> Plan:
             j = -1
             if isinstance(base, (list, tuple)):  # a list argument: output i aliases element i
                 j = i if i < len(base) else 0
-            outs.append(((at, j), size, stride, offset, dtype))
+            # An in-place or out= op returns the argument it wrote, unchanged in layout:
+            # that very tensor (torch's bindings return it anyway), not a fresh wrapper.
+            itself = j < 0 and alias in info.written and type(base) is DeviceTensor and \
+                base._layout == (tuple(size), tuple(stride), offset) and base.dtype == dtype
+            outs.append(((at, j), size, stride, offset, dtype, itself))
         else:
             outs.append((None, size, stride, offset, dtype, _nbytes(size, stride, offset, dtype),
                          *layout_set(tuple(size), tuple(stride), offset, dtype.itemsize)))
@@ -440,9 +444,10 @@ def issue(vd, func, args, kwargs, site: Site):
         if out is None:
             outputs.append(None)
             out_refs.append(None)
-        elif out[0] is not None:  # a view of an argument
-            where, size, stride, offset, dtype = out
-            outputs.append(DeviceTensor(_at(args, kwargs, where)._vs, size, stride, offset, dtype))
+        elif out[0] is not None:  # the argument it wrote, or a view of an argument
+            where, size, stride, offset, dtype, itself = out
+            base = _at(args, kwargs, where)
+            outputs.append(base if itself else DeviceTensor(base._vs, size, stride, offset, dtype))
             out_refs.append(None)
         else:
             _w, size, stride, offset, dtype, nbytes, start, stop, region = out
