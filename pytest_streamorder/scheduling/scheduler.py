@@ -79,7 +79,8 @@ class Scheduler:
         choose = _choose_with_reason(self.chooser)
         self.rule: Policy = (Pct(choose, pct_depth, pct_horizon) if policy == "pct"
                              else make_policy(policy, choose))
-        self.streams: list[StreamQueue] = []
+        self.streams: list[StreamQueue] = []  # by index (policies keep state per index)
+        self._live: list[StreamQueue] = []  # what scheduling points scan: not retired
         self.steps = 0  # items run so far
         self.host_time_ns = 0
         self.host_blocked_ns = 0
@@ -102,8 +103,16 @@ class Scheduler:
     def new_stream(self, name: str) -> StreamQueue:
         stream = StreamQueue(name, len(self.streams))
         self.streams.append(stream)
+        self._live.append(stream)
         self.rule.new_stream(stream)
         return stream
+
+    def retire(self, stream: StreamQueue) -> None:
+        """The stream is gone and its queue empty: no scheduling point scans it again
+        (it was never ready, so no choice changes), and a program that makes a stream per
+        iteration does not pay for all the earlier ones at every op."""
+        if not stream.queue and stream in self._live:
+            self._live.remove(stream)
 
     def enqueue(self, stream: StreamQueue, item: Item) -> None:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
@@ -211,8 +220,8 @@ class Scheduler:
     def drain_all(self) -> None:
         """torch.cuda.synchronize()."""
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
-        self.run_until(lambda: not any(s.queue for s in self.streams),
-                       lambda: max((s.time_ns for s in self.streams), default=0))
+        self.run_until(lambda: not any(s.queue for s in self._live),
+                       lambda: max((s.time_ns for s in self._live), default=0))
 
     def wait_mark(self, mark: EventMark) -> None:
         """event.synchronize()."""
@@ -308,7 +317,7 @@ class Scheduler:
     def _ready(self) -> list[StreamQueue]:
         # StreamQueue.ready() inlined: this runs at every scheduling point.
         ready = []
-        for s in self.streams:
+        for s in self._live:
             queue = s.queue
             if queue:
                 mark = queue[0].blocked_on

@@ -61,6 +61,7 @@ class RunScheduler(Scheduler):
         queue.index = len(self.streams)
         queue.time_ns = 0  # the run's virtual time starts at 0; the queue is empty
         self.streams.append(queue)
+        self._live.append(queue)
         self.rule.new_stream(queue)
 
     def enqueue(self, stream, item) -> None:
@@ -146,6 +147,9 @@ class VirtualDevice:
                        max_ops=max_ops, chooser=chooser, record_timeline=record_timeline)
         self.hb = HappensBefore(on_race=self._on_race)
         self.hb.races = self.run.races
+        # Streams collected since the last host sync: (agent, queue), retired at the next.
+        self._gone: list[tuple] = []
+        self.hb.on_host_sync = self._retire_gone_streams
         self.allocator = CachingAllocator(self)
         self.graphs = Graphs(self)  # CUDA graph captures in progress, graph pools
         # Per-op virtual cost: None gives every op the scheduler's DEFAULT_OP_NS; else a
@@ -284,7 +288,6 @@ class VirtualDevice:
             self.hb.sync_device()
         finally:
             self.run.raise_on_race = raise_on_race
-        self._retire_gone_streams()
         # And in virtual time: the next run's clock starts again at 0, so nothing of this
         # one may still look in flight (a stream's last item, a block's reuse fence).
         for stream in list(self._streams) + [self.default_stream]:
@@ -294,15 +297,26 @@ class VirtualDevice:
         if host is not None:
             host.forget_pending()
 
+    def stream_gone(self, agent, queue) -> None:
+        """A VirtualStream was collected (its finalizer, in any thread)."""
+        self._gone.append((agent, queue))
+
     def _retire_gone_streams(self) -> None:
-        """Streams the program dropped give back their clock slots and cached blocks (the
-        host was just ordered after all their work), so a session's per-op cost and memory
-        follow the streams alive at once, not all its tests ever made."""
-        live = {stream.agent for stream in self._streams}
-        live.add(self.default_stream.agent)
-        for agent in self.hb.streams():
-            if agent not in live and self.hb.retire(agent):
-                self.allocator.release_stream(agent)
+        """After each host sync (hb.on_host_sync): streams the program dropped give back
+        their clock slots, scheduler queues and cached blocks once the host is ordered
+        after all their work, so the per-op cost and memory of a session, or of a test
+        that makes a stream per iteration, follow the streams alive at once, not all
+        that were ever made."""
+        if not self._gone:
+            return
+        gone, self._gone = self._gone, []  # a finalizer may append meanwhile
+        for agent, queue in gone:
+            if queue.queue or agent.retired or not self.hb.retire(agent):
+                if not agent.retired:
+                    self._gone.append((agent, queue))  # the host does not know it all yet
+                continue
+            self.run.scheduler.retire(queue)
+            self.allocator.release_stream(agent)
 
     def forget_block(self, block) -> None:
         """The allocator released the block (cudaFree): no snapshot or restore reads it,

@@ -8,6 +8,7 @@ scheduler (so values really are stale when an edge is missing).
 from __future__ import annotations
 
 import threading
+import weakref
 
 import torch
 
@@ -50,6 +51,8 @@ class VirtualStream(torch.Stream):
         self.cuda_stream = self.stream_id
         self._prev: dict[int, list] = {}  # thread id -> current streams `with self:` replaced
         vd._streams.add(self)  # its name is freed for reuse when it is gone
+        # Collected: its clock slot, queue and cached blocks go at the next host sync.
+        weakref.finalize(self, vd.stream_gone, self.agent, self.queue).atexit = False
 
     @property
     def name(self) -> str:
