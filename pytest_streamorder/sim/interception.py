@@ -830,32 +830,12 @@ def dispatch(func, types, args, kwargs, site=None):
             return out
     if handler is None and func not in _CHECKED:
         _check_op(func)
-    if handler is None:
-        _refuse_resizing_out(func, args, kwargs)
     with RUNTIME_LOCK:
         if handler is not None:
             if site is not None:  # a direct guarded call's copy_ (the one such handler)
                 return handler(vd, func, args, kwargs, site)
             return handler(vd, func, args, kwargs)
         return issue(vd, func, args, kwargs, site or Site.here(2))
-
-
-def _refuse_resizing_out(func, args, kwargs) -> None:
-    """CUDA resizes a zero-size out= tensor to the result; a virtual device tensor keeps
-    its size, so the op would write nothing: a silent wrong path. C++ composites do this
-    (torch.arange/eye build an empty tensor, then fill it with the out= overload) when
-    called by device outside our entry points, e.g. through a `from torch import arange`
-    taken before the device attached."""
-    out = kwargs.get("out")
-    if not isinstance(out, DeviceTensor) or 0 not in out._layout[0]:
-        return
-    size = output_layouts(func, args, kwargs)[0][0]
-    if 0 not in size and tuple(size) != out._layout[0]:
-        raise NotModelledError(
-            f"{func} resizing a zero-size out= tensor to {tuple(size)}",
-            "a CUDA tensor's out= resize is not modelled; a factory called with device= "
-            "through a reference taken before the virtual device attached (`from torch "
-            "import arange` at import time) ends here: call torch.arange(...) instead")
 
 
 _CHECKED: set = set()  # ops known to run on the virtual device

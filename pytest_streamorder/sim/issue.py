@@ -385,8 +385,11 @@ def _build_plan(func, args, kwargs) -> Plan:
                 j = i if i < len(base) else 0
             # An in-place or out= op returns the argument it wrote, unchanged in layout:
             # that very tensor (torch's bindings return it anyway), not a fresh wrapper.
-            itself = j < 0 and alias in info.written and type(base) is DeviceTensor and \
-                base._layout == (tuple(size), tuple(stride), offset) and base.dtype == dtype
+            written = j < 0 and alias in info.written and type(base) is DeviceTensor
+            itself = written and base._layout == (tuple(size), tuple(stride), offset) and \
+                base.dtype == dtype
+            if written and not itself:
+                _refuse_resize(info, base, size)
             outs.append(((at, j), size, stride, offset, dtype, itself))
         else:
             outs.append((None, size, stride, offset, dtype, _nbytes(size, stride, offset, dtype),
@@ -409,6 +412,25 @@ def _build_plan(func, args, kwargs) -> Plan:
         ops.append((where, write, *tset))
     plan.operands = tuple(ops)
     return plan
+
+
+def _refuse_resize(info, out: DeviceTensor, size) -> None:
+    """The op would change the layout of a tensor it writes: CUDA resizes an out= tensor
+    of another shape to the result's (reallocating a storage too small for it). The
+    virtual device does not model that resize, and going on would leave the user's
+    tensor in its old shape, with the values cut short or padded with poison: a silent
+    wrong path. (In-place view ops, t_() and the like, have their own handler.)"""
+    old = tuple(out.shape)
+    if 0 in old:  # C++ composites fill an empty out= (torch.arange, torch.eye, ...)
+        hint = ("a factory called with device= through a reference taken before the "
+                "virtual device attached (`from torch import arange` at import time) "
+                "ends here: call torch.arange(...) instead")
+    else:
+        hint = "pass an out= tensor of the result's shape"
+    raise NotModelledError(
+        f"{info.name} resizing its out= tensor from {old} to {tuple(size)}",
+        f"CUDA resizes an out= tensor whose shape differs from the result's; the virtual "
+        f"device does not model the resize: {hint}")
 
 
 def _nbytes(size, stride, offset, dtype) -> int:

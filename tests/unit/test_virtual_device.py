@@ -5,6 +5,8 @@ real (under `lazy`, queued work has not run until the host waits for it)."""
 from __future__ import annotations
 
 import math
+import re
+import warnings
 
 import pytest
 import torch
@@ -818,3 +820,42 @@ def test_empty_index_put_writes_nothing(lazy):
     d2h.synchronize()
     assert pinned.tolist() == [0, 5, 0, 0, 0, 0, 0, 0]
     assert not lazy.races
+
+
+# --- out= tensors: written in place, or a named refusal where CUDA would resize ---------
+
+OUT_CALLS = {
+    "add": (lambda x, out: torch.add(x, 1, out=out), (8,)),
+    "cat": (lambda x, out: torch.cat([x, x], out=out), (16,)),
+    "cumsum": (lambda x, out: torch.cumsum(x, 0, out=out), (8,)),
+    "index_select": (lambda x, out: torch.index_select(x, 0, x[:3], out=out), (3,)),
+    "mm": (lambda x, out: torch.mm(x.view(2, 4), x.view(4, 2), out=out), (2, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUT_CALLS))
+def test_an_out_tensor_of_the_results_shape_is_written_in_place(lazy, name):
+    call, shape = OUT_CALLS[name]
+    expected = call(torch.arange(8), torch.empty(shape, dtype=torch.int64))
+    x = torch.arange(8, device="cuda")
+    out = torch.empty(shape, dtype=torch.int64, device="cuda")
+    assert call(x, out) is out
+    assert out.cpu().tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("name", sorted(OUT_CALLS))
+@pytest.mark.parametrize("wrong", [(0,), (2,), (40,)])
+def test_an_out_tensor_cuda_would_resize_is_refused_by_name(lazy, name, wrong):
+    """CUDA resizes it to the result's shape; the model does not, and writing into the
+    old shape would hand back cut or poison-padded values."""
+    call, shape = OUT_CALLS[name]
+    x = torch.arange(8, device="cuda")
+    out = torch.empty(wrong, dtype=torch.int64, device="cuda")
+    with warnings.catch_warnings():  # torch's deprecation of resizing a non-empty out=
+        warnings.simplefilter("ignore")
+        with pytest.raises(so.NotModelledError,
+                           match=rf"resizing its out= tensor from {re.escape(str(wrong))} "
+                                 rf"to {re.escape(str(shape))}"):
+            call(x, out)
+    assert tuple(out.shape) == wrong  # left as it was
+    assert torch.arange(3, device="cuda").add(1).cpu().tolist() == [1, 2, 3]  # goes on
