@@ -19,6 +19,7 @@ import threading
 import weakref
 
 import torch
+from torch.utils._mode_utils import no_dispatch
 
 from ..backend import activate, deactivate
 from ..errors import DeviceOpLimitExceeded, StreamRaceError  # noqa: F401  (re-exported)
@@ -485,10 +486,27 @@ class VirtualDevice:
         (`nbytes`: the extent of that layout, when the caller knows it already)."""
         if nbytes is None:
             nbytes = extent(size, stride, offset, dtype.itemsize)[1]
-        storage = self.allocator.allocate(nbytes, label or TensorLabel(op, dtype, size, site), site)
+        storage = self._new_storage(nbytes, label or TensorLabel(op, dtype, size, site), site)
+        return DeviceTensor(storage, size, stride, offset, dtype)
+
+    def _new_storage(self, nbytes: int, label, site: Site):
+        storage = self.allocator.allocate(nbytes, label, site)
         if storage.nbytes:
             self._blocks[id(storage.block)] = (storage.block, storage.alloc)
-        return DeviceTensor(storage, size, stride, offset, dtype)
+        return storage
+
+    def resize_empty(self, t: DeviceTensor, size, stride, offset, nbytes: int, site: Site,
+                     op: str) -> None:
+        """CUDA resizes a zero-size out= tensor to the result's layout (C++ composites fill
+        `at::empty({0})` that way: F.one_hot's arange): fresh memory from the current
+        stream's pool, in place of its zero bytes (DeviceTensor gave such a tensor room
+        in its data-less C++ storage for the new layout)."""
+        t._vs = self._new_storage(nbytes, TensorLabel(op, t.dtype, size, site), site)
+        with no_dispatch():
+            torch.ops.aten.as_strided_.default(t, size, stride, offset)
+        # Queued work reads these, not torch's metadata: keep them in step.
+        t._layout = (tuple(size), tuple(stride), offset)
+        t._range = extent(size, stride, offset, t.dtype.itemsize)
 
     @locked
     def custom_kernel(self, name: str, reads, writes, cpu_impl, site: Site) -> None:

@@ -7,8 +7,8 @@ __torch_function__. What has none: factories by device (`torch.zeros(3, device="
 `t.cuda()` / `t.to("cuda")` / `t.pin_memory()` / `t.is_pinned()` of a host tensor,
 `t.new_zeros(..., device="cuda")`. Their C++ would not do it right on a CPU build
 (torch.tensor's copy runs below Python dispatch and stops at a missing CUDA kernel;
-arange/eye fill a zero-size `out=` that is never resized; pin_memory() asks for an
-accelerator; is_pinned() says False), so these names are wrapped: a call that can make
+arange/eye fill a zero-size `out=` through the CUDA key, one op at a time; pin_memory()
+asks for an accelerator; is_pinned() says False), so these names are wrapped: a call that can make
 device or pinned memory goes to interception.handle, the one description of each fact;
 any other call goes straight to torch (a host factory pays one Python call).
 

@@ -29,7 +29,7 @@ from ..ops.indexed import indexed, pending_for, touched
 from ..ops.ranges import contiguous_strides, extent, layout_set, register_cache
 from ..ops.schema import op_info
 from .generators import draw_seed
-from .tensor import DeviceTensor, view_of, view_of_unmoded
+from .tensor import RESIZE_ROOM, DeviceTensor, view_of, view_of_unmoded
 
 aten = torch.ops.aten
 is_inference_mode_enabled = torch.is_inference_mode_enabled
@@ -227,9 +227,10 @@ def run_captured(func, cargs, ckwargs, outs: list, seed: int | None):
         for ref, value in zip(outs, results):
             if ref is None:
                 continue
-            if value.numel() == 0 and tuple(value.shape) != tuple(ref.size):
+            if tuple(value.shape) != tuple(ref.size) and (value.numel() == 0 or 0 in ref.size):
                 # The CPU kernel leaves it empty where the meta kernel sizes it (batch
-                # norm's saved statistics in eval): unspecified, it stays uninitialised.
+                # norm's saved statistics in eval): unspecified, it stays uninitialised;
+                # or the other way round (embedding_bag's unused outputs): nothing to write.
                 continue
             ref.unmoded_view().copy_(value)  # modes are off: the method is the op
 
@@ -289,6 +290,9 @@ def _out_variant(func, info, outs):
 # calls (issue_sync).
 
 ASYNC, EMPTY, METADATA, SYNC = range(4)
+# What an output aliasing an argument is: a view of it, that argument itself (an
+# in-place or out= op), or a zero-size out= the op resizes (RESIZE, with its new bytes).
+VIEW, ITSELF, RESIZE = "view", "itself", "resize"
 
 
 class Plan:
@@ -300,8 +304,9 @@ class Plan:
     def __init__(self, info, kind: int):
         self.info = info
         self.kind = kind
-        # per output: None (not produced), (where, size, stride, offset, dtype, itself)
-        # for a view of the argument at `where` (itself: that argument, as written), or (None, size, stride, offset, dtype, nbytes,
+        # per output: None (not produced), (where, size, stride, offset, dtype, how) for
+        # an output aliasing the argument at `where` (how: VIEW, ITSELF or RESIZE's tuple
+        # (RESIZE, nbytes, start, stop, region)), or (None, size, stride, offset, dtype, nbytes,
         # start, stop, region) for fresh memory the op writes
         self.outs: tuple = ()
         # per device operand, in operands() order: (where, is_write, start, stop, region)
@@ -386,11 +391,18 @@ def _build_plan(func, args, kwargs) -> Plan:
             # An in-place or out= op returns the argument it wrote, unchanged in layout:
             # that very tensor (torch's bindings return it anyway), not a fresh wrapper.
             written = j < 0 and alias in info.written and type(base) is DeviceTensor
-            itself = written and base._layout == (tuple(size), tuple(stride), offset) and \
-                base.dtype == dtype
-            if written and not itself:
-                _refuse_resize(info, base, size)
-            outs.append(((at, j), size, stride, offset, dtype, itself))
+            how = VIEW
+            if written and base._layout == (tuple(size), tuple(stride), offset) and \
+                    base.dtype == dtype:
+                how = ITSELF
+            elif written:
+                nbytes = _nbytes(size, stride, offset, dtype)
+                if base._vs.block.nbytes or 0 not in base._layout[0] or nbytes > RESIZE_ROOM \
+                        or base.dtype != dtype:
+                    _refuse_resize(info, base, size)
+                how = (RESIZE, nbytes, *layout_set(tuple(size), tuple(stride), offset,
+                                                   dtype.itemsize))
+            outs.append(((at, j), size, stride, offset, dtype, how))
         else:
             outs.append((None, size, stride, offset, dtype, _nbytes(size, stride, offset, dtype),
                          *layout_set(tuple(size), tuple(stride), offset, dtype.itemsize)))
@@ -415,22 +427,17 @@ def _build_plan(func, args, kwargs) -> Plan:
 
 
 def _refuse_resize(info, out: DeviceTensor, size) -> None:
-    """The op would change the layout of a tensor it writes: CUDA resizes an out= tensor
-    of another shape to the result's (reallocating a storage too small for it). The
-    virtual device does not model that resize, and going on would leave the user's
-    tensor in its old shape, with the values cut short or padded with poison: a silent
-    wrong path. (In-place view ops, t_() and the like, have their own handler.)"""
-    old = tuple(out.shape)
-    if 0 in old:  # C++ composites fill an empty out= (torch.arange, torch.eye, ...)
-        hint = ("a factory called with device= through a reference taken before the "
-                "virtual device attached (`from torch import arange` at import time) "
-                "ends here: call torch.arange(...) instead")
-    else:
-        hint = "pass an out= tensor of the result's shape"
+    """The op would change the layout of a non-empty tensor it writes: CUDA resizes an
+    out= tensor of another shape to the result's (reallocating a storage too small for
+    it; deprecated for non-empty ones). The virtual device models that only for a
+    zero-size out= with bytes of its own (RESIZE); going on here would leave the user's
+    tensor in its old shape, its values cut short or padded with poison: a silent wrong
+    path. (In-place view ops, t_() and the like, have their own handler.)"""
     raise NotModelledError(
-        f"{info.name} resizing its out= tensor from {old} to {tuple(size)}",
-        f"CUDA resizes an out= tensor whose shape differs from the result's; the virtual "
-        f"device does not model the resize: {hint}")
+        f"{info.name} resizing its out= tensor from {tuple(out.shape)} to {tuple(size)}",
+        "CUDA resizes an out= tensor whose shape differs from the result's; the virtual "
+        "device models that for a fresh zero-size out= only: pass an out= tensor of the "
+        "result's shape, or torch.empty(0, device='cuda')")
 
 
 def _nbytes(size, stride, offset, dtype) -> int:
@@ -466,11 +473,22 @@ def issue(vd, func, args, kwargs, site: Site):
         if out is None:
             outputs.append(None)
             out_refs.append(None)
-        elif out[0] is not None:  # the argument it wrote, or a view of an argument
-            where, size, stride, offset, dtype, itself = out
+        elif out[0] is not None:  # a view of an argument, or the argument it wrote
+            where, size, stride, offset, dtype, how = out
             base = _at(args, kwargs, where)
-            outputs.append(base if itself else DeviceTensor(base._vs, size, stride, offset, dtype))
-            out_refs.append(None)
+            if how is VIEW:
+                outputs.append(DeviceTensor(base._vs, size, stride, offset, dtype))
+                out_refs.append(None)
+            elif how is ITSELF:
+                outputs.append(base)
+                out_refs.append(None)
+            else:  # a zero-size out= that CUDA resizes: fresh memory the op writes
+                _resize, nbytes, start, stop, region = how
+                vd.resize_empty(base, size, stride, offset, nbytes, site, info.name)
+                outputs.append(base)
+                out_refs.append(Ref(base))
+                alloc = base._vs.alloc
+                accesses.append((alloc, start, stop, True) if region is None else (alloc, region, True))
         else:
             _w, size, stride, offset, dtype, nbytes, start, stop, region = out
             t = vd.new_tensor(size, stride, offset, dtype, None, site, info.name, nbytes)

@@ -14,6 +14,9 @@ from ..ops.ranges import extent
 
 CUDA0 = torch.device("cuda", 0)
 _CPU = torch.device("cpu")
+# The size of the (data-less) C++ storage of a device tensor with no bytes: room for the
+# layout CUDA gives such a tensor when it is an out= that an op resizes (issue.py).
+RESIZE_ROOM = 1 << 40
 
 # The handler of every aten op on a device tensor: interception.py registers it when it
 # is imported (device.py imports it before any device tensor exists).
@@ -41,7 +44,7 @@ class DeviceTensor(torch.Tensor):
     def __new__(cls, storage, size, stride, offset: int, dtype: torch.dtype):
         t = torch.Tensor._make_wrapper_subclass(
             cls, size, strides=stride, storage_offset=offset, dtype=dtype, device=CUDA0,
-            storage_size=storage.block.nbytes, requires_grad=False)
+            storage_size=storage.block.nbytes or RESIZE_ROOM, requires_grad=False)
         t._vs = storage
         t._layout = (tuple(size), tuple(stride), offset)
         t._range = extent(size, stride, offset, dtype.itemsize)

@@ -834,17 +834,45 @@ OUT_CALLS = {
 
 
 @pytest.mark.parametrize("name", sorted(OUT_CALLS))
-def test_an_out_tensor_of_the_results_shape_is_written_in_place(lazy, name):
+@pytest.mark.parametrize("given", ["result's shape", "zero-size"])
+def test_an_out_tensor_of_the_results_shape_or_empty_is_written_in_place(lazy, name, given):
+    """An empty out= is resized to the result, as CUDA does (fresh memory from the
+    current stream's pool), so C++ composites that fill `at::empty({0})` work too."""
     call, shape = OUT_CALLS[name]
     expected = call(torch.arange(8), torch.empty(shape, dtype=torch.int64))
     x = torch.arange(8, device="cuda")
-    out = torch.empty(shape, dtype=torch.int64, device="cuda")
+    out = torch.empty(shape if given == "result's shape" else (0,), dtype=torch.int64,
+                      device="cuda")
     assert call(x, out) is out
-    assert out.cpu().tolist() == expected.tolist()
+    assert tuple(out.shape) == shape and out.cpu().tolist() == expected.tolist()
+    assert out.untyped_storage().nbytes() == expected.numel() * 8
+
+
+def test_a_resized_empty_out_is_device_memory_the_model_tracks(lazy):
+    x = torch.arange(8, device="cuda")
+    out = torch.empty(0, dtype=torch.int64, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.add(x, 1, out=out)  # written on the side stream...
+    out.sum()  # ...read on the default stream with no wait
+    (race,) = lazy.races
+    assert (race.earlier.agent.name, race.earlier.is_write) == ("side", True)
+    assert race.alloc is out._vs.alloc
+
+
+@pytest.mark.parametrize("name, call", [
+    ("one_hot", lambda d: torch.nn.functional.one_hot(torch.tensor([0, 2, 1], device=d), 4)),
+    ("embedding_bag", lambda d: torch.nn.functional.embedding_bag(
+        torch.tensor([0, 1, 2, 1], device=d), torch.arange(6.0, device=d).view(3, 2),
+        torch.tensor([0, 2], device=d), mode="max")),
+])
+def test_composites_filling_an_empty_tensor_run_on_the_device(lazy, name, call):
+    assert call("cuda").cpu().tolist() == call("cpu").tolist()
 
 
 @pytest.mark.parametrize("name", sorted(OUT_CALLS))
-@pytest.mark.parametrize("wrong", [(0,), (2,), (40,)])
+@pytest.mark.parametrize("wrong", [(2,), (40,)])
 def test_an_out_tensor_cuda_would_resize_is_refused_by_name(lazy, name, wrong):
     """CUDA resizes it to the result's shape; the model does not, and writing into the
     old shape would hand back cut or poison-padded values."""
