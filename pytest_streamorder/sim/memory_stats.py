@@ -64,34 +64,22 @@ class MemoryStats:
 
     # --- what the allocator model reports -------------------------------------------
 
-    # allocated/freed run for every device tensor: the six Stats are updated inline
-    # (Stat.add/sub without the calls or a loop).
+    # allocated/freed run for every device tensor: the six Stats they move (count, bytes,
+    # requested bytes; of "all" and of the block's pool) are looked up once per pool.
 
     def allocated(self, block_bytes: int, requested: int) -> None:
-        count, nbytes, req, pool_count, pool_bytes, pool_req = \
-            self._small if block_bytes <= SMALL_SIZE else self._large
-        for stat, n in ((count, 1), (nbytes, block_bytes), (req, requested),
-                        (pool_count, 1), (pool_bytes, block_bytes), (pool_req, requested)):
+        stats = self._small if block_bytes <= SMALL_SIZE else self._large
+        for stat, n in zip(stats, (1, block_bytes, requested, 1, block_bytes, requested)):
             stat.allocated += n
             current = stat.current = stat.current + n
             if current > stat.peak:
                 stat.peak = current
 
     def freed(self, block_bytes: int, requested: int) -> None:
-        count, nbytes, req, pool_count, pool_bytes, pool_req = \
-            self._small if block_bytes <= SMALL_SIZE else self._large
-        count.current -= 1
-        count.freed += 1
-        nbytes.current -= block_bytes
-        nbytes.freed += block_bytes
-        req.current -= requested
-        req.freed += requested
-        pool_count.current -= 1
-        pool_count.freed += 1
-        pool_bytes.current -= block_bytes
-        pool_bytes.freed += block_bytes
-        pool_req.current -= requested
-        pool_req.freed += requested
+        stats = self._small if block_bytes <= SMALL_SIZE else self._large
+        for stat, n in zip(stats, (1, block_bytes, requested, 1, block_bytes, requested)):
+            stat.current -= n
+            stat.freed += n
 
     def reserved(self, block_bytes: int) -> None:
         self.num_device_alloc += 1
