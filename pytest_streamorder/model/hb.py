@@ -83,6 +83,11 @@ class HappensBefore:
         self._freed: dict[str, FreedIndex] = {}  # space -> freed, not yet fully reused
         self._stream_names: set[str] = set()
         self._free_slots: list[int] = []  # ids of retired streams, for new streams to take
+        # stream -> its own count at its latest access to host (pinned) memory that the
+        # host is not yet ordered after. While empty, a host access to host memory can
+        # race with nothing: every earlier stream access to it is ordered before the host,
+        # and every later one after it (the virtual device leaves such accesses out).
+        self.host_memory_in_flight: dict[Agent, int] = {}
         self._deferred: list[Race] = []  # found when a pending access resolved, not reported
         self._flagged: set[int] = set()  # seqs of paired accesses already reported as the later one
         self.unresolved = 0  # pending accesses whose exact set could not be learnt
@@ -212,8 +217,7 @@ class HappensBefore:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         _check_stream(stream)
         join_into(self.host.clock, stream.clock)
-        if self.on_host_sync is not None:
-            self.on_host_sync()
+        self._host_synced()
         if self._deferred and self.flush_on_sync:
             self.flush()
 
@@ -222,8 +226,7 @@ class HappensBefore:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         if event.capture is not None:
             join_into(self.host.clock, event.capture)
-            if self.on_host_sync is not None:
-                self.on_host_sync()
+            self._host_synced()
         if self._deferred and self.flush_on_sync:
             self.flush()
 
@@ -232,10 +235,21 @@ class HappensBefore:
         __tracebackhide__ = True  # pytest: show the user's frames, not ours
         for stream in self.streams():
             join_into(self.host.clock, stream.clock)
-        if self.on_host_sync is not None:
-            self.on_host_sync()
+        self._host_synced()
         if self._deferred and self.flush_on_sync:
             self.flush()
+
+    def _host_synced(self) -> None:
+        """The host's clock grew by a sync: forget the in-flight host-memory accesses it
+        is now ordered after, then tell the caller (on_host_sync)."""
+        in_flight = self.host_memory_in_flight
+        if in_flight:
+            clock = self.host.clock
+            for stream, count in list(in_flight.items()):
+                if count <= entry(clock, stream.id):
+                    del in_flight[stream]
+        if self.on_host_sync is not None:
+            self.on_host_sync()
 
     def host_knows_stream(self, stream: Agent) -> bool:
         """Whether the host is ordered after all work issued to `stream` so far."""
@@ -390,6 +404,8 @@ class HappensBefore:
         clock = agent.clock
         access = Access(self._seq, agent, clock[agent.id], alloc, start, stop, is_write, op, site,
                         region)
+        if alloc.space == "host" and not agent.is_host:
+            self.host_memory_in_flight[agent] = access.count
         if pending is not None:
             access.pending = pending
             access.region = pending  # marks it pending: the fast path below skips it

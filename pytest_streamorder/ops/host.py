@@ -123,7 +123,7 @@ def host_result(func, out, args):
     """What a host call on pinned tensors hands back: `Tensor.numpy()` of a pinned tensor
     becomes a NumPy view reporting each host access through it (NumPy is imported only
     here, when the program already uses it)."""
-    if func is T.numpy and args and type(out).__module__ == "numpy":
+    if getattr(func, "__name__", "") == "numpy" and args and type(out).__module__ == "numpy":
         from .numpy_views import pinned_view
         return pinned_view(out, args[0])
     return out

@@ -31,7 +31,7 @@ from ..ops.pinned import PinnedRegistry
 from ..ops.ranges import access_spec, extent, tensor_access
 from ..scheduling import POLICIES, Chooser, Item, Schedule, ScheduleDiverged, Scheduler
 from .cuda_module import install as install_cuda_module, uninstall as uninstall_cuda_module
-from .interception import enter as enter_interception, exit as exit_interception
+from .interception import arm, enter as enter_interception, exit as exit_interception, relax
 from .issue import Ref, _access
 from .graphs import Graphs
 from .memory import CachingAllocator, poison_
@@ -150,7 +150,7 @@ class VirtualDevice:
         self.hb.races = self.run.races
         # Streams collected since the last host sync: (agent, queue), retired at the next.
         self._gone: list[tuple] = []
-        self.hb.on_host_sync = self._retire_gone_streams
+        self.hb.on_host_sync = self._after_host_sync
         self.allocator = CachingAllocator(self)
         self.graphs = Graphs(self)  # CUDA graph captures in progress, graph pools
         # Per-op virtual cost: None gives every op the scheduler's DEFAULT_OP_NS; else a
@@ -302,8 +302,15 @@ class VirtualDevice:
         """A VirtualStream was collected (its finalizer, in any thread)."""
         self._gone.append((agent, queue))
 
+    def _after_host_sync(self) -> None:
+        """hb.on_host_sync: streams the program dropped may go; the function mode may go
+        if no stream's access to pinned memory is in flight any more."""
+        self._retire_gone_streams()
+        if self.active:
+            relax(self)
+
     def _retire_gone_streams(self) -> None:
-        """After each host sync (hb.on_host_sync): streams the program dropped give back
+        """After each host sync: streams the program dropped give back
         their clock slots, scheduler queues and cached blocks once the host is ordered
         after all their work, so the per-op cost and memory of a session, or of a test
         that makes a stream per iteration, follow the streams alive at once, not all
@@ -475,6 +482,8 @@ class VirtualDevice:
         self._count_op(name)  # (strategies/runner.py counts D2H copies through it)
         agent = stream.agent
         self.hb.launch(agent, name, accesses, site)
+        if self.hb.host_memory_in_flight:  # host calls on pinned memory are accesses now
+            arm(self)
         item = Item(name, run) if self.cost_model is None else \
             Item(name, run, cost_ns=int(self.cost_model(name, accesses)))
         item.op_count = agent.clock[agent.id]

@@ -5,7 +5,7 @@ Calls with a device tensor argument reach the device through DeviceTensor's
 __torch_function__. What has none: factories by device (`torch.zeros(3, device="cuda")`,
 `torch.tensor(data, device="cuda")`, `nn.Linear(..., device="cuda")`), `pin_memory=True`,
 `t.cuda()` / `t.to("cuda")` / `t.pin_memory()` / `t.is_pinned()` of a host tensor,
-`t.new_zeros(..., device="cuda")`. Their C++ would not do it right on a CPU build
+`t.new_zeros(..., device="cuda")`, and `t.numpy()` of pinned memory (a view to follow). Their C++ would not do it right on a CPU build
 (torch.tensor's copy runs below Python dispatch and stops at a missing CUDA kernel;
 arange/eye fill a zero-size `out=` through the CUDA key, one op at a time; pin_memory()
 asks for an accelerator; is_pinned() says False), so these names are wrapped: a call that can make
@@ -30,9 +30,11 @@ from .runtime import current
 
 _NO_SUBCLASS = torch._C.DisableTorchFunctionSubclass
 
-# Tensor methods that make device or pinned memory from a host tensor.
+# Tensor methods that make device or pinned memory from a host tensor, and numpy(): a
+# NumPy view of pinned memory must be one the model follows (ops/numpy_views.py) even if
+# it is made while no copy is in flight (the function mode is off then).
 METHODS = ("cuda", "to", "pin_memory", "is_pinned", "new_tensor", "new_empty",
-           "new_empty_strided", "new_zeros", "new_ones", "new_full")
+           "new_empty_strided", "new_zeros", "new_ones", "new_full", "numpy")
 
 _functions: tuple | None = None  # torch-namespace names taking device= or pin_memory=
 

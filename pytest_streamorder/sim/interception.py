@@ -9,11 +9,14 @@
   - DeviceTensor.__torch_function__ (`device_function`): every call with a device tensor
     argument, in any thread;
   - the entry points patched while attached (entry_points.py): factories by device,
-    pin_memory=True, .cuda()/.to()/.pin_memory()/.is_pinned() of host tensors;
+    pin_memory=True, .cuda()/.to()/.pin_memory()/.is_pinned()/.numpy() of host tensors;
   - a TorchFunctionMode, pushed in the owner thread only while host-only calls need it
-    (`arm`/`settle`: while pinned memory is registered, or once the owner started
-    threads), and a ThreadMode in other threads (threads.py). A no-op Python mode alone
-    costs 1.68x on host-heavy code, so with neither, host calls never enter Python.
+    (`arm`/`relax`/`settle`: while a stream's access to pinned memory is in flight, the
+    host not yet synced past it, or once the owner started threads), and a ThreadMode
+    in other threads (threads.py). A host access to pinned memory while nothing is in
+    flight can race with nothing (earlier stream accesses are ordered before it, later
+    ones after it), so it is left out. A no-op Python mode alone costs 1.68x on
+    host-heavy code, so with neither, host calls never enter Python.
 - Every aten op with a device tensor argument then reaches `dispatch` through the
   device tensor's __torch_dispatch__: it is issued to a stream (issue.py), and copies
   between host and device follow CUDA's copy rules.
@@ -463,10 +466,10 @@ def handle(vd, func, args, kwargs):
     The caller has disabled the subclass protocol, so results stay as dispatch made them."""
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     func = _ORIGINAL.get(func, func)  # a patched method, as C++ passes it to a mode
-    if not kwargs and not vd._pinned.allocs and not runtime.guard_missing \
+    if not kwargs and not vd.hb.host_memory_in_flight and not runtime.guard_missing \
             and func not in FUNCTION_HANDLERS:
         # The common case: no keyword can make a factory or pin memory, no pinned
-        # operand to watch. Same outcome as below.
+        # operand to watch (_watching_pinned). Same outcome as below.
         if func in GUARDED and _has_device_tensor(args, _NO_KWARGS):
             return _guarded_call(vd, func, args, _NO_KWARGS)
         return func(*args)
@@ -493,7 +496,7 @@ def handle(vd, func, args, kwargs):
         value = func(*args, **dict(kwargs, pin_memory=False))
         with RUNTIME_LOCK:
             return _pinned_like(vd, value, Site.here(1), copy=func not in EMPTY_FACTORIES)
-    if vd._pinned:
+    if vd._pinned and _watching_pinned(vd):
         hits = pinned_operands(args, kwargs, vd._pinned.lookup)
         if hits:
             with RUNTIME_LOCK:
@@ -637,10 +640,11 @@ def download(vd, dst: torch.Tensor, src: DeviceTensor, site: Site, name: str,
 def _to(vd, func, args, kwargs):
     __tracebackhide__ = True  # pytest: show the user's frames, not ours
     self = args[0]
-    if func is T.cuda:
+    if func.__name__ == "cuda":  # (T.cuda itself is our entry point while attached)
         device, dtype = kwargs.get("device", args[1] if len(args) > 1 else None), None
         non_blocking = kwargs.get("non_blocking", args[2] if len(args) > 2 else False)
-        device = torch.device("cuda", 0) if device is None else device
+        device = torch.device("cuda", 0 if device is None else device) \
+            if device is None or isinstance(device, int) else device
         copy = False
     else:
         parse = dict(kwargs)
@@ -695,7 +699,7 @@ def _tolist(vd, func, args, kwargs):
     self = args[0]
     if isinstance(self, DeviceTensor):
         return self.cpu().tolist()
-    if vd._pinned.allocs:  # only a pinned tensor's read is an access (no stack capture else)
+    if _watching_pinned(vd):  # only a pinned tensor's read is an access (no stack capture else)
         vd.host_read(self, "Tensor.tolist", Site.here(2))
     return func(*args, **kwargs)
 
@@ -705,10 +709,10 @@ def _numpy(vd, func, args, kwargs):
     if isinstance(self, DeviceTensor):
         raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() "
                         "to copy the tensor to host memory first.")
-    if func is T.numpy and vd.pinned_alloc(self) is not None:
+    if func.__name__ == "numpy" and vd.pinned_alloc(self) is not None:  # (not __array__)
         # A view, not a read: accesses through it are reported (ops/numpy_views.py).
         return host_result(func, func(*args, **kwargs), args)
-    if vd._pinned.allocs:  # only a pinned tensor's read is an access
+    if _watching_pinned(vd):  # only a pinned tensor's read is an access
         vd.host_read(self, "Tensor.numpy", Site.here(2))
     return func(*args, **kwargs)
 
@@ -974,12 +978,19 @@ class Interception:
 _state: Interception | None = None
 
 
+def _watching_pinned(vd) -> bool:
+    """Whether host calls on pinned memory are accesses the model must see: while a
+    stream's access to host memory is in flight (the host has not synced past it).
+    Otherwise such a host access can race with nothing (hb.host_memory_in_flight)."""
+    return bool(vd.hb.host_memory_in_flight)
+
+
 def _needed(state: Interception) -> bool:
-    """Whether host-only calls of the owner thread must pass through the mode: while
-    pinned memory is registered (its host accesses are accesses of the model), and once
-    the owner has started threads (another thread may pin memory the owner then reads,
-    and no call of the owner's would push the mode in time)."""
-    return bool(state.vd._pinned.allocs) or state.threads_spawned
+    """Whether host-only calls of the owner thread must pass through the mode: while a
+    stream's access to pinned memory is in flight (_watching_pinned), and once the owner
+    has started threads (another thread may pin memory and copy into it, and no call of
+    the owner's would push the mode in time)."""
+    return _watching_pinned(state.vd) or state.threads_spawned
 
 
 def arm(vd) -> None:
@@ -1011,15 +1022,31 @@ def _on_spawn() -> None:
 
 
 def settle(vd) -> None:
-    """Pop the owner thread's function mode if nothing needs it any more. Only at a point
-    where no torch call of ours is in progress in the owner thread (between tests)."""
+    """Between tests: the threads a test started no longer need the mode; pop it if
+    nothing else does."""
+    state = _state
+    if state is None or state.vd is not vd or not threads.is_owner():
+        return
+    state.threads_spawned = False
+    relax(vd)
+
+
+def relax(vd) -> None:
+    """Pop the owner thread's function mode if nothing needs it any more (after a host
+    sync, and between tests). Only while the mode is on this thread's stack: inside one
+    of its handlers torch has taken it off for the call and puts it back after, so it
+    stays until a later sync."""
     state = _state
     if state is None or state.vd is not vd or not state.pushed or not threads.is_owner():
         return
-    if not state.vd._pinned.allocs:
-        state.threads_spawned = False
+    if not _needed(state) and _on_stack(state.mode):
         _remove_mode(state.mode)
         state.pushed = False
+
+
+def _on_stack(mode) -> bool:
+    get = torch._C._get_function_stack_at
+    return any(get(i) is mode for i in range(torch._C._len_torch_function_stack()))
 
 
 def _remove_mode(mode) -> None:

@@ -69,26 +69,50 @@ def test_race_between_streams_with_the_mode_off():
             torch.cuda.synchronize()
 
 
-def test_pinning_pushes_the_mode_and_the_host_read_race_is_caught():
+def test_a_copy_in_flight_into_pinned_memory_pushes_the_mode_and_the_race_is_caught():
     with so.virtual_device(policy="delay"):
         x = torch.arange(4.0, device="cuda")
         torch.cuda.synchronize()
-        assert stack_len() == 0
         p = torch.empty(4).pin_memory()
         assert p.is_pinned()
-        assert stack_len() == 1  # pinned memory: host calls on it are accesses
+        assert stack_len() == 0  # pinned, but no stream touches it: host calls race with nothing
+        p.add_(1)
         s = torch.cuda.Stream()
         with torch.cuda.stream(s):
             p.copy_(x, non_blocking=True)
+        assert stack_len() == 1  # in flight: host calls on pinned memory are accesses
         with pytest.raises(StreamRaceError, match="read by the host"):
             p.sum()
+
+
+def test_the_mode_goes_at_the_sync_that_orders_the_host_after_the_copy():
+    with so.virtual_device(policy="delay") as vd:
+        x = torch.arange(4.0, device="cuda")
+        p = torch.empty(4).pin_memory()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            p.copy_(x, non_blocking=True)
+        done = s.record_event()
+        assert stack_len() == 1
+        torch.cuda.current_stream().synchronize()  # not the copy's stream: still in flight
+        assert stack_len() == 1
+        done.synchronize()
+        assert stack_len() == 0
+        assert p.tolist() == [0.0, 1.0, 2.0, 3.0]  # after the sync: no access to watch
+        with torch.cuda.stream(s):
+            p.copy_(x * 2, non_blocking=True)
+        assert stack_len() == 1
+        torch.cuda.synchronize()
+        assert stack_len() == 0 and p.tolist() == [0.0, 2.0, 4.0, 6.0]
+    assert vd.races == []
 
 
 def test_pin_memory_keyword_with_the_mode_off():
     with so.virtual_device(policy="delay"):
         assert stack_len() == 0
         p = torch.zeros(4, pin_memory=True)
-        assert p.is_pinned() and stack_len() == 1
+        assert p.is_pinned() and stack_len() == 0  # pushed once a stream touches it
 
 
 def test_pinned_host_read_race_in_a_worker_thread():
@@ -181,9 +205,11 @@ def test_default_device_contexts_make_device_memory():
 
 
 def test_default_device_context_with_the_mode_pushed():
-    """Pinned memory pushes our function mode; torch's DeviceContext then sits below it."""
+    """A copy in flight into pinned memory pushes our function mode; torch's DeviceContext
+    then sits below it."""
     with so.virtual_device(policy="delay"):
         pinned = torch.zeros(4).pin_memory()
+        pinned.copy_(torch.ones(4, device="cuda"), non_blocking=True)
         assert torch._C._len_torch_function_stack() == 1
         with torch.device("cuda"):
             r, t, z = torch.arange(4), torch.tensor([1, 2]), torch.zeros(3)
