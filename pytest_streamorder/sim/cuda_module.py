@@ -16,7 +16,7 @@ from ..host_threads import locked
 from ..model import Site
 from .cuda_api import install as install_api
 from .. import compiled
-from . import cuda_guard, cuda_key, lazy_dynamo
+from . import cuda_guard, cuda_key, distributed, lazy_dynamo
 from .cuda_net import refuse
 from . import graphs
 from .streams import VirtualEvent, VirtualStream
@@ -28,6 +28,7 @@ _SWAP = object()  # the key of torch.__future__'s module-conversion flag
 _NVML = object()  # the key of the virtual NVML's patches
 _KEY = object()  # the key of the CUDA dispatch key's fallback (cuda_key.py)
 _COMPILE = object()  # the key of torch.compile's patches (compiled.py)
+_DIST = object()  # the key of torch.distributed's NCCL stand-in (distributed.py)
 
 from .gpu_identity import DEFAULT_GPU
 from .runtime import set_guard_missing
@@ -172,6 +173,7 @@ def install(vd) -> dict:
     saved[_NVML] = VirtualNVML(getattr(vd, "gpu", DEFAULT_GPU)).install()
     saved[_KEY] = cuda_key.install()  # factories that C++ composites make by device
     saved[_COMPILE] = compiled.install()  # compiled functions run eagerly
+    saved[_DIST] = distributed.install()  # an NCCL process group: refused by name
     # torch._dynamo copies torch.cuda into tables when imported: not up front (1-3 s),
     # and, if something imports it now, with the originals in place (lazy_dynamo.py).
     lazy_dynamo.install(lambda: _entries(saved))
@@ -187,6 +189,9 @@ def _entries(saved: dict) -> list:
 
 def uninstall(saved: dict) -> None:
     lazy_dynamo.uninstall()
+    undo = saved.pop(_DIST, None)
+    if undo is not None:
+        undo()
     undo = saved.pop(_COMPILE, None)
     if undo is not None:
         undo()
