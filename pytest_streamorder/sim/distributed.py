@@ -18,8 +18,8 @@ from ..errors import NotModelledError
 from .patching import restore, saved
 
 _HINT = ("the virtual device does not model NCCL collectives or their internal streams "
-         "yet; run process-group tests on a real GPU, or use the gloo backend for "
-         "CPU tensors")
+         "yet; mark such a test @pytest.mark.no_streamorder (it then runs as without the "
+         "plugin), run it on a real GPU, or use the gloo backend for CPU tensors")
 
 
 def _refuse(*args, **kwargs):
@@ -44,7 +44,8 @@ def install():
     c10d = torch.distributed.distributed_c10d
     if c10d._NCCL_AVAILABLE:
         return None
-    patches = [(c10d, "_NCCL_AVAILABLE", True), (c10d, "ProcessGroupNCCL", VirtualProcessGroupNCCL),
+    patches = [(c10d, "_NCCL_AVAILABLE", True),
+               (c10d, "ProcessGroupNCCL", VirtualProcessGroupNCCL),
                (torch.distributed, "ProcessGroupNCCL", VirtualProcessGroupNCCL)]
     originals = [(owner, name, saved(owner, name)) for owner, name, _value in patches]
     for owner, name, value in patches:
