@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 VIRTUAL = "Virtual, pytest-streamorder"  # in every virtual GPU's name
 CUDA_VERSION = "12.4"  # torch.version.cuda while a session runs: a CUDA 12 build's string
+NCCL_VERSION = (2, 21, 5)  # torch.cuda.nccl.version(): what torch's CUDA 12.4 wheels bundle
 
 
 @dataclasses.dataclass(frozen=True)

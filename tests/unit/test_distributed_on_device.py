@@ -43,3 +43,18 @@ def test_a_gloo_process_group_works_while_attached(tmp_path):
             assert t.tolist() == [0.0, 1.0, 2.0] and dist.get_backend() == "gloo"
         finally:
             dist.destroy_process_group()
+
+
+def test_torch_cuda_nccl_answers_as_a_cuda_build_and_refuses_collectives():
+    import torch.cuda.nccl as nccl
+
+    with so.virtual_device(seed=0):
+        x, y = torch.ones(4, device="cuda"), torch.ones(4, device="cuda")
+        assert nccl.version() == (2, 21, 5)
+        assert nccl.is_available([x]) and not nccl.is_available([x, y])  # one per device
+        assert not nccl.is_available([torch.ones(4)]) and not nccl.is_available([x[::2]])
+        with pytest.raises(so.NotModelledError, match=r"torch\.cuda\.nccl\.all_reduce"):
+            nccl.all_reduce([x])
+    with warnings.catch_warnings():  # detached: the CPU build's answer again
+        warnings.simplefilter("ignore")
+        assert not nccl.is_available([torch.ones(4)])
