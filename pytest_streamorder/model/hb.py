@@ -113,8 +113,8 @@ class HappensBefore:
             return self._new_agent(name, is_host=False)
         slot = self._free_slots.pop()
         agent = Agent(slot, name, is_host=False)
-        # The slot's counts go on from the retired stream's: every epoch of the slot stays
-        # one total order, all of the old one's known to the host (see retire()).
+        # The slot's counts go on from the retired stream's, all known to the host (see
+        # retire()); its first enqueue would carry them over from the host's clock too.
         agent.clock[slot] = self.agents[slot].clock[slot]
         self.agents[slot] = agent
         return agent

@@ -19,7 +19,6 @@ import threading
 import weakref
 
 import torch
-from torch.utils._mode_utils import no_dispatch
 
 from ..backend import activate, deactivate
 from ..errors import DeviceOpLimitExceeded, StreamRaceError  # noqa: F401  (re-exported)
@@ -319,9 +318,8 @@ class VirtualDevice:
             return
         gone, self._gone = self._gone, []  # a finalizer may append meanwhile
         for agent, queue in gone:
-            if queue.queue or agent.retired or not self.hb.retire(agent):
-                if not agent.retired:
-                    self._gone.append((agent, queue))  # the host does not know it all yet
+            if queue.queue or not self.hb.retire(agent):
+                self._gone.append((agent, queue))  # the host does not know it all yet
                 continue
             self.run.scheduler.retire(queue)
             self.allocator.release_stream(agent)
@@ -511,11 +509,7 @@ class VirtualDevice:
         stream's pool, in place of its zero bytes (DeviceTensor gave such a tensor room
         in its data-less C++ storage for the new layout)."""
         t._vs = self._new_storage(nbytes, TensorLabel(op, t.dtype, size, site), site)
-        with no_dispatch():
-            torch.ops.aten.as_strided_.default(t, size, stride, offset)
-        # Queued work reads these, not torch's metadata: keep them in step.
-        t._layout = (tuple(size), tuple(stride), offset)
-        t._range = extent(size, stride, offset, t.dtype.itemsize)
+        t.set_layout(size, stride, offset)
 
     @locked
     def custom_kernel(self, name: str, reads, writes, cpu_impl, site: Site) -> None:

@@ -5,12 +5,13 @@ Calls with a device tensor argument reach the device through DeviceTensor's
 __torch_function__. What has none: factories by device (`torch.zeros(3, device="cuda")`,
 `torch.tensor(data, device="cuda")`, `nn.Linear(..., device="cuda")`), `pin_memory=True`,
 `t.cuda()` / `t.to("cuda")` / `t.pin_memory()` / `t.is_pinned()` of a host tensor,
-`t.new_zeros(..., device="cuda")`, and `t.numpy()` of pinned memory (a view to follow). Their C++ would not do it right on a CPU build
-(torch.tensor's copy runs below Python dispatch and stops at a missing CUDA kernel;
-arange/eye fill a zero-size `out=` through the CUDA key, one op at a time; pin_memory()
-asks for an accelerator; is_pinned() says False), so these names are wrapped: a call that can make
-device or pinned memory goes to interception.handle, the one description of each fact;
-any other call goes straight to torch (a host factory pays one Python call).
+`t.new_zeros(..., device="cuda")`, and `t.numpy()` of pinned memory (a view to follow).
+Their C++ would not do it right on a CPU build (torch.tensor's copy runs below Python
+dispatch and stops at a missing CUDA kernel; arange/eye fill a zero-size `out=` through
+the CUDA key, one op at a time; pin_memory() asks for an accelerator; is_pinned() says
+False), so these names are wrapped: a call that can make device or pinned memory goes
+to interception.handle, the one description of each fact; any other call goes straight
+to torch (a host factory pays one Python call).
 
 torch-namespace functions are wrapped where torch.* holds them (what `torch.zeros(...)`
 finds, also inside torch.nn); a reference taken before the device attached

@@ -34,7 +34,7 @@ from ..host_threads import RUNTIME_LOCK
 from ..model import Site
 from ..ops.custom import refuse_without_cpu_kernel
 from ..ops.host import call_name, host_access_specs, host_result, pinned_operands
-from ..ops.ranges import contiguous_strides, extent, tensor_access
+from ..ops.ranges import contiguous_strides, tensor_access
 from . import runtime
 from .issue import Ref, _access, issue, output_layouts
 from . import threads
@@ -643,8 +643,7 @@ def _to(vd, func, args, kwargs):
     if func.__name__ == "cuda":  # (T.cuda itself is our entry point while attached)
         device, dtype = kwargs.get("device", args[1] if len(args) > 1 else None), None
         non_blocking = kwargs.get("non_blocking", args[2] if len(args) > 2 else False)
-        device = torch.device("cuda", 0 if device is None else device) \
-            if device is None or isinstance(device, int) else device
+        (device,) = _int_device((0 if device is None else device,))
         copy = False
     else:
         parse = dict(kwargs)
@@ -917,11 +916,7 @@ def _inplace_view(vd, func, args, kwargs):
     if not isinstance(self, DeviceTensor):
         return func(*args, **kwargs)
     size, stride, offset, _dtype = output_layouts(func, args, kwargs)[0]
-    with torch.utils._mode_utils.no_dispatch():
-        aten.as_strided_.default(self, size, stride, offset)
-    # Queued work reads these, not torch's metadata: keep them in step.
-    self._layout = (tuple(size), tuple(stride), offset)
-    self._range = extent(size, stride, offset, self.dtype.itemsize)
+    self.set_layout(size, stride, offset)
     return self
 
 

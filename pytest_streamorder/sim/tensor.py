@@ -50,6 +50,14 @@ class DeviceTensor(torch.Tensor):
         t._range = extent(size, stride, offset, dtype.itemsize)
         return t
 
+    def set_layout(self, size, stride, offset: int) -> None:
+        """Give this tensor a new layout of its storage in place (t_(), unsqueeze_(), an
+        empty out= resized): torch's metadata, and ours, which queued work reads."""
+        with torch.utils._mode_utils.no_dispatch():
+            torch.ops.aten.as_strided_.default(self, size, stride, offset)
+        self._layout = (tuple(size), tuple(stride), offset)
+        self._range = extent(size, stride, offset, self.dtype.itemsize)
+
     # Every torch call with a device tensor argument, in any thread, with or without the
     # function mode (which is mostly off). The handler calls torch with the subclass
     # protocol disabled, so results are what dispatch made (never re-wrapped).

@@ -29,7 +29,7 @@ def test_host_under_device(benchmark, policy):
         results = benchmark(overlap_program, "cpu", 0)
         assert vd.ops_issued == 0  # host work only: nothing reached the device
     assert len(results) == 8
-    _record_ratio(benchmark)
+    _record_ratio_to_plain(benchmark)
 
 
 @pytest.mark.parametrize("copy", ["synced", "in flight"])
@@ -49,10 +49,10 @@ def test_host_with_pinned_memory(benchmark, copy):
         torch.cuda.synchronize()
         assert pinned[-1].item() == 63
     assert len(results) == 8
-    _record_ratio(benchmark)
+    _record_ratio_to_plain(benchmark)
 
 
-def _record_ratio(benchmark):
+def _record_ratio_to_plain(benchmark):
     if benchmark.stats is not None:  # None under --benchmark-disable
         plain = min(timeit.repeat(lambda: overlap_program("cpu", 0), number=20, repeat=5)) / 20
         benchmark.extra_info["ratio_to_plain"] = round(benchmark.stats.stats.median / plain, 2)
